@@ -138,6 +138,15 @@ def _iter_parquet(path: Path) -> Iterator[tuple[str, Record]]:
             yield f"{path} (row {index})", row
 
 
+def _make_temp(path: Path) -> tuple[int, str]:
+    """A temp file beside the target (same filesystem, so the rename is atomic) with normal permissions."""
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)
+    return fd, name
+
+
 class RecordWriter:
     """Streams records into a temporary file; `commit` renames it into place."""
 
@@ -146,7 +155,7 @@ class RecordWriter:
         self.layout = layout or file_format(self.path)
         self.count = 0
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, temp_name = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        fd, temp_name = _make_temp(self.path)
         self._temp = Path(temp_name)
         self._handle = os.fdopen(fd, "w", encoding="utf-8")
         self._rows: list[Record] = []
@@ -209,7 +218,7 @@ def write_records(path: str | os.PathLike[str], records: Iterable[Record], layou
 def write_json(path: str | os.PathLike[str], value: Any) -> None:
     """Atomically write one JSON document, such as a run summary."""
     path = Path(path)
-    fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, temp_name = _make_temp(path)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         json.dump(value, handle, ensure_ascii=False, indent=2)
         handle.write("\n")

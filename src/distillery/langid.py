@@ -35,7 +35,9 @@ def detect_languages(texts: Sequence[str]) -> list[str | None]:
     """Batch detection; lingua spreads the batch over its own threads."""
     clipped = [text[:_SAMPLE_CHARS] for text in texts]
     found = _detector().detect_languages_in_parallel_of(clipped)
-    return [_code(lang) if any(ch.isalpha() for ch in text) else None for lang, text in zip(found, clipped)]
+    return [
+        _code(lang) if any(ch.isalpha() for ch in text) else None for lang, text in zip(found, clipped, strict=True)
+    ]
 
 
 def known_code(code: str) -> bool:

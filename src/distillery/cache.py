@@ -1,0 +1,116 @@
+"""The SQLite response cache: every answer received is stored the moment it arrives.
+
+Like simonw/llm's log, one table holds every prompt and response with its token usage, keyed by a hash
+of the canonical request. That makes re-runs free (a cached request is never sent again), makes a
+crash cost nothing twice, and turns "what did this run cost?" into a query. It never holds an API key
+or any header: only the model name, the messages and the generation parameters.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+_MIGRATIONS = [
+    """
+    CREATE TABLE responses (
+        key TEXT PRIMARY KEY,
+        model TEXT NOT NULL,
+        request TEXT NOT NULL,
+        text TEXT NOT NULL,
+        finish_reason TEXT,
+        prompt_tokens INTEGER NOT NULL DEFAULT 0,
+        completion_tokens INTEGER NOT NULL DEFAULT 0,
+        created REAL NOT NULL
+    )
+    """,
+    """
+    CREATE TABLE journal (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        stream TEXT NOT NULL,
+        record TEXT NOT NULL,
+        created REAL NOT NULL
+    )
+    """,
+]
+
+
+def canonical_request(model: str, messages: list[dict[str, Any]], params: dict[str, Any], sample: int) -> str:
+    """The exact identity of a request; parameters left unset are omitted so defaults don't split keys."""
+    body = {
+        "model": model,
+        "messages": messages,
+        "params": {name: value for name, value in sorted(params.items()) if value is not None},
+        "sample": sample,
+    }
+    return json.dumps(body, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+
+
+def request_key(canonical: str) -> str:
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class CachedResponse:
+    text: str
+    finish_reason: str | None
+    prompt_tokens: int
+    completion_tokens: int
+
+
+def connect(path: str | Path) -> sqlite3.Connection:
+    """Open (and migrate) a state database in WAL mode, safe against kill -9 between commits."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    connection.execute("PRAGMA journal_mode=WAL")
+    connection.execute("PRAGMA synchronous=NORMAL")
+    connection.execute("PRAGMA busy_timeout=10000")
+    version = connection.execute("PRAGMA user_version").fetchone()[0]
+    for number, statement in enumerate(_MIGRATIONS[version:], start=version + 1):
+        with connection:
+            connection.execute("BEGIN")
+            connection.execute(statement)
+            connection.execute(f"PRAGMA user_version={number}")
+    return connection
+
+
+def remove_state(path: str | Path) -> None:
+    """Forget everything stored for one output, including SQLite's WAL side files."""
+    path = Path(path)
+    for suffix in ("", "-wal", "-shm"):
+        path.with_name(path.name + suffix).unlink(missing_ok=True)
+
+
+class ResponseCache:
+    def __init__(self, connection: sqlite3.Connection):
+        self.connection = connection
+
+    def get(self, key: str) -> CachedResponse | None:
+        row = self.connection.execute(
+            "SELECT text, finish_reason, prompt_tokens, completion_tokens FROM responses WHERE key = ?", (key,)
+        ).fetchone()
+        return CachedResponse(*row) if row else None
+
+    def put(self, key: str, model: str, canonical: str, response: CachedResponse) -> None:
+        self.connection.execute(
+            "INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                key,
+                model,
+                canonical,
+                response.text,
+                response.finish_reason,
+                response.prompt_tokens,
+                response.completion_tokens,
+                time.time(),
+            ),
+        )
+
+    def __len__(self) -> int:
+        return self.connection.execute("SELECT COUNT(*) FROM responses").fetchone()[0]

@@ -1,0 +1,43 @@
+"""Shared fixtures: the fake OpenAI-compatible server and a way to run the real CLI."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from fake_openai import FakeOpenAI  # noqa: E402
+
+ANCHORS = Path(__file__).resolve().parents[1].parent / "shared" / "anchors"
+
+
+@pytest.fixture
+def fake_server():
+    """A started fake endpoint; set `.script` / `.latency` in the test to shape its answers."""
+    with FakeOpenAI() as server:
+        yield server
+
+
+def cli_env(server: FakeOpenAI | None = None, **extra: str) -> dict[str, str]:
+    """A clean environment for the CLI: no real endpoint leaks in from the developer's shell."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "DISTILLERY_"))}
+    if server is not None:
+        env["OPENAI_BASE_URL"] = server.base_url
+        env["DISTILLERY_MODEL"] = "fake-model"
+    env.update(extra)
+    return env
+
+
+def cli_exe() -> str:
+    """The installed console script, as a user would call it."""
+    return shutil.which("distillery") or str(Path(sys.executable).parent / "distillery")
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([cli_exe(), *args], capture_output=True, text=True, env=env or cli_env(), timeout=timeout)

@@ -80,6 +80,12 @@ def connect(path: str | Path) -> sqlite3.Connection:
     return connection
 
 
+def state_path(output: str | Path) -> Path:
+    """Where a run keeps its cache and journal: beside OUTPUT, so each output resumes on its own."""
+    output = Path(output)
+    return output.with_name(output.name + ".cache.sqlite")
+
+
 def remove_state(path: str | Path) -> None:
     """Forget everything stored for one output, including SQLite's WAL side files."""
     path = Path(path)

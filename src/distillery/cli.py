@@ -140,6 +140,373 @@ def respond(
     raise typer.Exit(result.exit_code)
 
 
+@app.command()
+def report(
+    inputs: Annotated[list[Path], typer.Argument(help="Record files to describe: Alpaca, ShareGPT or OpenAI; "
+                                                 "JSON, JSONL or Parquet. Several are shown side by side.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="The HTML page to write.")] = Path("report.html"),
+    tokenizer: Annotated[str | None, typer.Option(
+        help="Count lengths in tokens of this tokenizer (tokenizer.json or HF directory); default: words, "
+             "each CJK character counting as one.")] = None,
+    sample: Annotated[int, typer.Option(help="Records per input in the examples table.")] = 1000,
+    dup_sample: Annotated[int, typer.Option(help="Instructions per input compared all-pairs by ROUGE-L.")] = 2000,
+    lang_sample: Annotated[int, typer.Option(help="Records per input whose language is detected.")] = 2000,
+    rejected: Annotated[list[Path] | None, typer.Option(
+        help="A rejected-records file (JSONL) for the INPUT in the same position; default: INPUT.rejected.jsonl "
+             "when it exists. Repeatable.")] = None,
+    summary: Annotated[list[Path] | None, typer.Option(
+        help="A run summary (JSON) for the INPUT in the same position; default: INPUT.summary.json when it "
+             "exists. Repeatable.")] = None,
+    title: Annotated[str, typer.Option(help="Page title.")] = "distillery report",
+    seed: Annotated[int, typer.Option(help="Seed of the random samples.")] = 0,
+) -> None:
+    """Write one self-contained HTML page that shows what a dataset is.
+
+    Counts, length histograms, language mix, a verb/object sunburst, near-duplicates, a funnel of why
+    records were dropped (from INPUT.summary.json / INPUT.rejected.jsonl) and a searchable sample.
+    """
+    from distillery.report import ReportOptions, build_report
+
+    result = build_report(ReportOptions(
+        inputs=inputs, output=output, tokenizer=tokenizer, sample=sample, dup_sample=dup_sample,
+        lang_sample=lang_sample, rejected=rejected or [], summaries=summary or [], title=title, seed=seed,
+    ))
+    table = Table(title=f"report → {result.path} ({result.size / 1e6:.1f} MB, {result.seconds:.1f} s)")
+    for column in ("input", "records", "languages", "verbs", "ROUGE-L>0.7", "rejected"):
+        table.add_column(column, justify="left" if column in ("input", "languages") else "right", overflow="fold")
+    for p in result.profiles:
+        sampled = max(p.prompt_langs.total(), 1)
+        shares = [(code, n / sampled) for code, n in p.prompt_langs.most_common(3) if n / sampled >= 0.01]
+        table.add_row(p.name, f"{p.records:,}", " ".join(f"{code} {share:.0%}" for code, share in shares) or "—",
+                      f"{len(p.verbs):,}", f"{p.near_dup_share:.1%}" if p.dup_scores else "—",
+                      f"{p.rejections.total:,}" if p.rejections else "—")
+    out_console.print(table)
+
+
+@app.command()
+def convert(
+    input: Annotated[Path, typer.Argument(help="Alpaca, ShareGPT or OpenAI records (JSON, JSONL or Parquet); "
+                                                "formats may be mixed.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Where to write (.json, .jsonl or .parquet).")],
+    to: Annotated[str, typer.Option("--to", help="Target format: alpaca, sharegpt or openai.")],
+    dataset_info: Annotated[Path | None, typer.Option(
+        "--dataset-info", help="LLaMA-Factory data directory whose dataset_info.json gets an entry for OUTPUT.",
+    )] = None,
+    name: Annotated[str | None, typer.Option(help="Name of that entry (default: OUTPUT's file stem).")] = None,
+    skip_invalid: Annotated[bool, typer.Option(
+        "--skip-invalid", help="Send records that cannot be converted to --rejected instead of stopping.")] = False,
+    rejected: Annotated[Path | None, typer.Option(
+        help="Where skipped records go (default: OUTPUT.rejected.jsonl).")] = None,
+) -> None:
+    """Convert records between Alpaca, ShareGPT and OpenAI messages, losslessly or not at all."""
+    from distillery.convert import ConvertOptions, convert_file
+
+    result = convert_file(input, output, ConvertOptions(
+        to=to, skip_invalid=skip_invalid, rejected=rejected, dataset_info=dataset_info, name=name))
+    rows: list[tuple[str, object]] = [
+        ("records read", result.records),
+        ("input formats", ", ".join(f"{k} {v}" for k, v in result.formats.most_common())),
+        ("records written", result.written),
+        ("rejected", f"{result.rejected} → {result.rejected_path}" if result.rejected else 0),
+    ]
+    if result.dataset_info:
+        rows.append(("dataset_info.json", f"{result.dataset_info} [{name or output.stem}]"))
+    print_run_summary(f"convert → {output} ({result.to})", rows)
+
+
+@app.command()
+def export(
+    input: Annotated[Path, typer.Argument(help="Alpaca, ShareGPT or OpenAI records (JSON, JSONL or Parquet).")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Tokenized examples (.parquet or .jsonl).")],
+    tokenizer: Annotated[str, typer.Option(help="tokenizer.json, HF tokenizer directory, or hub name when online.")],
+    template: Annotated[str, typer.Option(
+        help="auto (the tokenizer's chat_template), vicuna_v1.1, chatml, llama3 or alpaca.")] = "auto",
+    max_length: Annotated[int | None, typer.Option(help="Longest example in tokens.")] = None,
+    overlong: Annotated[str, typer.Option(
+        help="Over --max-length: truncate (at a turn boundary) or drop.")] = "truncate",
+    train_on: Annotated[str, typer.Option(help="all-assistant or last-assistant turns get labels.")] = "all-assistant",
+    skip_invalid: Annotated[bool, typer.Option(
+        "--skip-invalid", help="Leave out records that fail the label self-check instead of failing.")] = False,
+    rejected: Annotated[Path | None, typer.Option(
+        help="Where failing records are reported (default: OUTPUT.rejected.jsonl).")] = None,
+    allow_template_mismatch: Annotated[bool, typer.Option(
+        "--allow-template-mismatch", help="Export even if the tokenizer's own chat_template differs from "
+                                          "--template.")] = False,
+) -> None:
+    """Tokenize conversations with assistant-only labels (-100 elsewhere), every label re-decoded and checked."""
+    from distillery.export import ExportFailed, ExportOptions, export_file
+
+    options = ExportOptions(
+        tokenizer=tokenizer, template=template, max_length=max_length, overlong=overlong, train_on=train_on,
+        skip_invalid=skip_invalid, rejected=rejected, allow_template_mismatch=allow_template_mismatch)
+    try:
+        result = export_file(input, output, options)
+    except ExportFailed as failed:
+        table = Table(title="records that fail the label self-check (first 10)", title_justify="left")
+        for column in ("record", "turn", "problem", "decoded"):
+            table.add_column(column, overflow="fold")
+        for failure in failed.result.failures[:10]:
+            table.add_row(failure.where, str(failure.turn or ""), failure.reason, repr(failure.decoded or ""))
+        err_console.print(table)
+        raise
+    print_run_summary(f"export → {output} ({result.template})", [
+        ("records read", result.records),
+        ("examples written", result.written),
+        ("truncated at a turn boundary", result.truncated),
+        ("dropped as over-long", result.dropped_overlong),
+        ("skipped (failed self-check)", f"{result.invalid} → {result.rejected}" if result.invalid else 0),
+        ("tokens / trained tokens", f"{result.tokens:,} / {result.trained_tokens:,}"),
+    ])
+
+
+@app.command()
+def stats(
+    input: Annotated[Path, typer.Argument(help="Alpaca, ShareGPT or OpenAI records (JSON, JSONL or Parquet).")],
+    tokenizer: Annotated[str | None, typer.Option(
+        help="Count tokens of this tokenizer; default: words, each CJK character counting as one.")] = None,
+    json_path: Annotated[Path | None, typer.Option(
+        "--json", help="Also write the statistics to this JSON file.")] = None,
+) -> None:
+    """Record count, turns, and prompt/response length distributions."""
+    from distillery.stats import DISTRIBUTIONS, StatsOptions, collect_stats
+
+    result = collect_stats(input, StatsOptions(tokenizer=tokenizer, json_path=json_path))
+    formats = ", ".join(f"{k} {v}" for k, v in result["formats"].items())
+    table = Table(title=f"{input}: {result['records']:,} records ({formats}); lengths in {result['unit']}",
+                  title_justify="left")
+    for column in ("per record", "min", "mean", "p50", "p90", "max", "sum"):
+        table.add_column(column, justify="left" if column == "per record" else "right")
+    for name in DISTRIBUTIONS:
+        row = result[name]
+        table.add_row(name, *(f"{row[key]:,}" for key in ("min", "mean", "p50", "p90", "max", "sum")))
+    out_console.print(table)
+    out_console.print(f"with a system prompt: {result['with_system']:,}   multi-turn: {result['multi_turn']:,}   "
+                      f"with tool calls: {result['with_tool_calls']:,}")
+    if json_path:
+        out_console.print(f"statistics written to {json_path}")
+
+
+@app.command()
+def clean(
+    input: Annotated[Path, typer.Argument(help="Raw ShareGPT (or OpenAI messages) records: JSON list or JSONL.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Clean ShareGPT records (.json/.jsonl/.parquet).")],
+    rejected: Annotated[Path | None, typer.Option(
+        help="Every dropped record with its stage and reason; default: OUTPUT.rejected.jsonl.")] = None,
+    workers: Annotated[int, typer.Option(help="Worker processes; 0 means all cores.")] = 0,
+    chunk_size: Annotated[int, typer.Option(help="Records per task sent to a worker.")] = 256,
+    on_bad_roles: Annotated[str, typer.Option(
+        help="At the first break of human/gpt alternation: cut the conversation there, or drop it.")] = "cut",
+    min_chars: Annotated[int, typer.Option(help="Drop conversations with fewer characters in total.")] = 16,
+    block: Annotated[list[str] | None, typer.Option(
+        help="Drop conversations with this phrase in a turn of that role: gpt:PHRASE, human:PHRASE or "
+             "any:PHRASE (case-insensitive). Repeatable.")] = None,
+    default_blocks: Annotated[bool, typer.Option(
+        help="Block ChatGPT refusals, moralizing and error pages (\"Too many requests in 1 hour\").")] = True,
+    drop_repeated_digits: Annotated[bool, typer.Option(help="Drop turns with a digit repeated 9+ times.")] = False,
+    drop_restarted_lists: Annotated[bool, typer.Option(
+        help="Drop answers whose numbered lists restart at 1 (an old markdownify artifact).")] = True,
+    detect_lang: Annotated[bool, typer.Option(
+        help="Detect each conversation's language (lingua) into a `lang` field; costs about 1 ms per "
+             "conversation and a few seconds to load.")] = True,
+    lang: Annotated[list[str] | None, typer.Option(
+        help="Keep only these languages (ISO 639-1, comma-separated or repeated), e.g. en,zh.")] = None,
+    skip_lang: Annotated[list[str] | None, typer.Option(help="Drop these languages, e.g. ko.")] = None,
+    exact_dedup: Annotated[bool, typer.Option(help="Drop repeats of an earlier first round.")] = True,
+    near_dup: Annotated[float | None, typer.Option(
+        help="Also drop first user turns this similar (MinHash Jaccard) to an earlier one, e.g. 0.9.")] = None,
+    num_perm: Annotated[int, typer.Option(help="MinHash permutations for --near-dup.")] = 128,
+    max_tokens: Annotated[int, typer.Option(help="Split longer conversations at round boundaries.")] = 2048,
+    tokenizer: Annotated[str | None, typer.Option(
+        help="Count tokens with this tokenizer (tokenizer.json or HF directory); default: an estimate, "
+             "1 per CJK character and 1.3 per other word.")] = None,
+    template_tokens: Annotated[int, typer.Option(
+        help="Tokens allowed per turn for the chat template's role markers.")] = 6,
+    long_round: Annotated[str, typer.Option(
+        help="A single round longer than --max-tokens: drop it, or truncate its answer.")] = "drop",
+    neutralize_special: Annotated[bool, typer.Option(
+        help="Defuse literal </s>, <|im_end|> and similar strings so they cannot break templates.")] = True,
+) -> None:
+    """Clean raw ShareGPT conversations (Vicuna's recipe): HTML to markdown, strict rounds, filters,
+    language, dedup and splitting, in parallel, with a reason for every dropped record."""
+    from distillery.clean import DEFAULT_BLOCKS, CleanOptions, parse_block, parse_codes
+    from distillery.clean import clean as run_clean
+
+    options = CleanOptions(
+        workers=workers, chunk_size=chunk_size, on_bad_roles=on_bad_roles, min_chars=min_chars,
+        blocks=(DEFAULT_BLOCKS if default_blocks else ()) + tuple(parse_block(spec) for spec in block or []),
+        repeated_digits=drop_repeated_digits, restarted_lists=drop_restarted_lists,
+        detect_lang=detect_lang, langs=parse_codes(lang or []), skip_langs=parse_codes(skip_lang or []),
+        exact_dedup=exact_dedup,
+        near_dup=near_dup, num_perm=num_perm, max_tokens=max_tokens, tokenizer=tokenizer,
+        template_tokens=template_tokens, long_round=long_round, neutralize_special=neutralize_special,
+    )
+    result = run_clean(input, output, options, rejected)
+    table = Table(title=f"clean → {result.output} ({result.records_in:,} in, {result.records_out:,} out, "
+                        f"{result.seconds:.1f} s, {result.workers} workers)", title_justify="left")
+    for column in ("stage", "in", "out", "dropped", "notes"):
+        table.add_column(column, justify="right" if column in ("in", "out") else "left", overflow="fold")
+    for stage in result.stages:
+        table.add_row(stage["stage"], f"{stage['in']:,}", f"{stage['out']:,}",
+                      ", ".join(f"{reason} {n:,}" for reason, n in stage["dropped"].items()),
+                      ", ".join(f"{name} {n:,}" for name, n in stage["notes"].items()))
+    out_console.print(table)
+    out_console.print(f"rejected: {result.rejected} ({result.rejected_count:,})  summary: {result.summary}")
+
+
+@app.command()
+@endpoint_command(temperature=1.0, top_p=0.95, max_tokens=2048)
+def evol(
+    input: Annotated[Path, typer.Argument(help="Alpaca seed records (JSON list or JSONL); input is appended "
+                                                "to the instruction on a new line.")],
+    output: Annotated[Path, typer.Option("-o", "--output",
+                                         help="Where to write evolved records (.json/.jsonl/.parquet).")],
+    rounds: Annotated[int, typer.Option(help="Evolution rounds (M); each live instruction is evolved once per "
+                                             "round.")] = 4,
+    methods: Annotated[list[str] | None, typer.Option(
+        help="Methods to draw from, comma-separated or repeated: constraints, deepening, concretizing, "
+             "reasoning, complicate-input, breadth, or the groups in-depth, in-breadth, all.")] = None,
+    lang: Annotated[str, typer.Option(help="Template language: en or zh (the elimination rules know both).")] = "en",
+    answers: Annotated[bool, typer.Option(help="Answer every evolved instruction (rules 2 and 3 need "
+                                                "answers).")] = True,
+    answer_model: Annotated[str | None, typer.Option(help="Model that answers (default: --model).")] = None,
+    answer_system: Annotated[str | None, typer.Option(help="System prompt sent with every answer request.")] = None,
+    judge: Annotated[bool, typer.Option(help="Ask the model whether each evolution equals its parent "
+                                              "(elimination rule 1).")] = True,
+    keep_original: Annotated[bool, typer.Option(
+        "--keep-original", help="Also write the seeds as round-0 records.")] = False,
+    templates: Annotated[Path | None, typer.Option(
+        help="Directory of replacement templates: <method>.txt, judge.txt, zh/<method>.txt.")] = None,
+    endpoint: EndpointOptions | None = None,
+) -> None:
+    """Evol-Instruct (WizardLM): evolve instructions for M rounds with in-depth and in-breadth methods,
+    answer them, and eliminate failed evolutions by the paper's four rules.
+
+    Eliminated evolutions go to OUTPUT.rejected.jsonl with their rule.
+    Requests that still fail after retries go to OUTPUT.failed.jsonl and the exit status is 3.
+    Interrupted, or stopped by --max-cost (exit status 4)? Run the same command again.
+    """
+    from distillery.evol import METHODS, EvolOptions
+    from distillery.evol import evol as run_evol
+
+    result = run_evol(EvolOptions(
+        input=input, output=output, endpoint=endpoint, rounds=rounds, methods=tuple(methods or METHODS),
+        lang=lang, answers=answers, answer_model=answer_model, answer_system=answer_system, judge=judge,
+        keep_original=keep_original, templates=templates,
+    ))
+    rows: list[tuple[str, object]] = [("records written", result.written), ("evolved", result.evolved)]
+    rows += [(f"round {row['round']} passed", f"{row['out']} / {row['in']}"
+              + (f" ({row['pass_rate']:.0%})" if row["pass_rate"] is not None else "")) for row in result.rounds]
+    rows += [(f"rejected: {rule}", count) for rule, count in result.rules.items()]
+    rows += [("failed requests", result.failed), ("replayed from the journal", result.replayed),
+             ("summary", result.summary_path)]
+    print_run_summary(f"evol → {output}", rows, result.stats)
+    if result.failed:
+        err_console.print(f"{result.failed} evolution(s) failed after retries; see {result.failed_path}")
+    if result.stopped:
+        err_console.print(f"stopped: {result.stopped}; {result.pending} evolution(s) pending. "
+                          "Re-run with a larger --max-cost to finish; answers so far are cached.")
+    raise typer.Exit(result.exit_code)
+
+
+@app.command()
+def dedup(
+    input: Annotated[Path, typer.Argument(help="Records to deduplicate: Alpaca, ShareGPT or OpenAI; JSON, JSONL "
+                                                "or Parquet.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Kept records, in order and unchanged; the "
+                                         "extension (.json/.jsonl/.parquet) picks the layout.")],
+    against: Annotated[list[Path] | None, typer.Option(
+        metavar="FILE", help="Pool compared with, never written: Alpaca records or seed tasks (repeatable).")] = None,
+    threshold: Annotated[float | None, typer.Option(
+        help="Drop when the score is above this: ROUGE-L F for rouge-l (default 0.7), estimated Jaccard of "
+             "token bigrams for minhash (default 0.8).", show_default=False)] = None,
+    field: Annotated[str, typer.Option(
+        help="Alpaca field compared; ShareGPT and OpenAI records use their first user turn.")] = "instruction",
+    method: Annotated[str, typer.Option(
+        help="rouge-l: exact Self-Instruct rule; minhash: approximate, for millions; exact: repeated "
+             "text after folding case and whitespace.")] = "rouge-l",
+    rejected: Annotated[Path | None, typer.Option(
+        metavar="FILE", help="Write each dropped record here with its score and most similar text.")] = None,
+) -> None:
+    """Drop near-duplicate instructions: Self-Instruct's ROUGE-L rule, exact, fast and right for Chinese."""
+    from distillery.dedup import DedupOptions, dedup_file
+
+    options = DedupOptions(method=method, threshold=threshold, field=field)
+    summary = dedup_file(input, output, options, against=against or [], rejected_path=rejected)
+    rule = "repeated text" if options.cutoff is None else f"{method} > {options.cutoff:g}"
+    rows: list[tuple[str, object]] = [("records in", summary.seen), ("pool (--against)", summary.pool),
+                                      ("kept", summary.kept), (f"dropped ({rule})", summary.dropped)]
+    if rejected is not None:
+        rows.append(("rejected", rejected))
+    rows.append(("time", f"{summary.seconds:.2f} s"))
+    print_run_summary(f"dedup → {output}", rows)
+
+
+@app.command("self-instruct")
+@endpoint_command(temperature=1.0, top_p=1.0, max_tokens=3072)
+def self_instruct(
+    output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the tasks (.json or .jsonl).")],
+    num: Annotated[int, typer.Option(help="Accepted tasks to produce.")] = 100,
+    seeds: Annotated[str | None, typer.Option(
+        help="Seed tasks: builtin:en, builtin:zh, builtin:sql, or a file of Alpaca seed tasks (JSONL) or Alpaca "
+             "records (JSON/JSONL) \\[default: builtin:LANG, or builtin:sql for text-to-sql].")] = None,
+    lang: Annotated[str, typer.Option(
+        help="Language every kept instruction (and output) must be in: en, zh, or any ISO code with "
+             "--template and --seeds.")] = "en",
+    task_type: Annotated[str, typer.Option(
+        help="general, or text-to-sql (schema in input, one query in output, every query run on its schema).")]
+    = "general",
+    template: Annotated[Path | None, typer.Option(
+        help="Prompt template file with an {examples} slot (and {requirements}, {num_tasks}).")] = None,
+    prompt_examples: Annotated[int, typer.Option(help="Seed tasks shown in each prompt.")] = 3,
+    machine_examples: Annotated[int, typer.Option(help="Already accepted tasks shown in each prompt.")] = 0,
+    tasks_per_request: Annotated[int, typer.Option(
+        help="Length of the task list each prompt asks for; the examples are its first items.")] = 20,
+    constraint: Annotated[list[str] | None, typer.Option(
+        help="An extra requirement added to the prompt, e.g. 'Every task is about personal finance.' "
+             "Repeatable.")] = None,
+    rouge_threshold: Annotated[float, typer.Option(
+        help="Drop a task whose ROUGE-L against a seed or a kept task is above this.")] = 0.7,
+    min_length: Annotated[int | None, typer.Option(
+        help="Shortest instruction kept, in words (characters for zh/ja/ko) \\[default: 4 words, 6 chars].")]
+    = None,
+    max_length: Annotated[int | None, typer.Option(
+        help="Longest instruction kept, in words (characters for zh/ja/ko) \\[default: 150 words, 300 chars].")]
+    = None,
+    block: Annotated[list[str] | None, typer.Option(
+        help="Another blocklisted word (whole word, any case; substring for Chinese). Repeatable.")] = None,
+    default_blocklist: Annotated[bool, typer.Option(
+        help="Use Alpaca's blocklist (image, graph, file, draw...; the Chinese list for zh).")] = True,
+    with_meta: Annotated[bool, typer.Option(
+        help="Add most_similar_instructions, avg_similarity_score and source_request to each task.")] = False,
+    endpoint: EndpointOptions | None = None,
+) -> None:
+    """Generate instruction-tuning tasks from seed tasks, the Self-Instruct / Alpaca way.
+
+    Rejected tasks go to OUTPUT.rejected.jsonl with their reason; OUTPUT.summary.json has the funnel.
+    Interrupted? Run the same command again: it continues to exactly --num, re-sending nothing answered.
+    Exit status 3 when the run stops early (requests keep failing, or answers stop yielding new tasks),
+    4 when --max-cost is reached; OUTPUT then holds the tasks accepted so far.
+    """
+    from distillery.self_instruct import SelfInstructOptions, generate
+
+    result = generate(SelfInstructOptions(
+        output=output, num=num, seeds=seeds, lang=lang, task_type=task_type, template=template,
+        prompt_examples=prompt_examples, machine_examples=machine_examples, tasks_per_request=tasks_per_request,
+        constraints=constraint or [], rouge_threshold=rouge_threshold, min_length=min_length,
+        max_length=max_length, block=block or [], default_blocklist=default_blocklist, with_meta=with_meta,
+        endpoint=endpoint,
+    ))
+    print_run_summary(
+        f"self-instruct → {output}",
+        [("tasks written", result.written), ("rejected", result.rejected), ("summary", result.summary_path)],
+        result.stats,
+    )
+    if result.stopped:
+        err_console.print(f"stopped: {result.stopped}. Re-run the same command to continue; "
+                          "answers so far are cached.", highlight=False)
+    raise typer.Exit(result.exit_code)
+
+
 def main() -> None:
     """Entry point: user errors become one line and exit status 2, bugs keep their traceback."""
     try:

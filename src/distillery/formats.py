@@ -164,17 +164,16 @@ def _alpaca_from_messages(messages: list[dict[str, Any]], split: Any, where: str
     if messages and messages[0]["role"] == "system":
         system, messages = messages[0]["content"], messages[1:]
     for index, message in enumerate(messages):
-        expected = "user" if index % 2 == 0 else "assistant"
+        number = index + 1 + (system is not None)
+        expected, article = ("user", "a") if index % 2 == 0 else ("assistant", "an")
         if message["role"] != expected or "tool_calls" in message:
-            what = "a tool call" if "tool_calls" in message else f"a {message['role']} turn"
+            what = "a tool call" if "tool_calls" in message else f"role {message['role']!r}"
             raise InputError(
-                where, f"cannot be Alpaca: message {index + 1} is {what} where Alpaca needs {expected} turns"
+                where, f"cannot be Alpaca: message {number} is {what} where Alpaca needs {article} {expected} turn"
             )
         extras = sorted(message.keys() - {"role", "content"})
         if extras:
-            raise InputError(
-                where, f"cannot be Alpaca: message {index + 1} has fields Alpaca cannot keep: {extras}"
-            )
+            raise InputError(where, f"cannot be Alpaca: message {number} has fields Alpaca cannot keep: {extras}")
     if len(messages) < 2 or len(messages) % 2:
         raise InputError(where, "cannot be Alpaca: the conversation must end with an assistant reply")
     prompt, output = messages[-2]["content"], messages[-1]["content"]

@@ -191,10 +191,12 @@ class RecordWriter:
 
 
 def _write_parquet(path: Path, rows: list[Record]) -> None:
+    """Columns are the union of every row's keys: pyarrow alone would take them from the first row."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    pq.write_table(pa.Table.from_pylist(rows), path)
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    pq.write_table(pa.Table.from_pylist([{key: row.get(key) for key in columns} for row in rows]), path)
 
 
 @contextmanager

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from distillery.cache import remove_state
+from distillery.cache import remove_state, state_path
 from distillery.cost import RunStats
 from distillery.errors import InputError
 from distillery.io import file_format, iter_located, sidecar, write_json, write_records
@@ -47,11 +47,6 @@ class RespondResult:
         if self.stopped:
             return EXIT_BUDGET
         return EXIT_FAILURES if self.failed else 0
-
-
-def state_path(output: Path) -> Path:
-    """Where a run keeps its cache and journal: beside OUTPUT, so each output resumes on its own."""
-    return sidecar(output, ".cache.sqlite")
 
 
 def load_alpaca(path: Path) -> list[dict[str, Any]]:

@@ -7,6 +7,7 @@ LLaMA-family BPE vocabularies produce on English and Chinese chat text.
 from __future__ import annotations
 
 import math
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ def estimate_tokens(text: str) -> int:
 
 def load_tokenizer(name_or_path: str) -> Any:
     """A local tokenizer.json, a local HF tokenizer directory, or a hub name when online."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     path = Path(name_or_path)

@@ -1,0 +1,193 @@
+"""distillery dedup against Alpaca's ROUGE-L loop, on one machine, in one run.
+
+Workload: about 4,000 instructions from ../shared/anchors (LLaMA-Factory demo, GPTeacher roleplay and
+toolformer, GSM8K) plus perturbed copies (word drops, swaps, insertions, replacements) of those and of
+the seeds, shuffled, deduplicated against the 175 Alpaca seed tasks at ROUGE-L F > 0.7.
+
+Baseline: Alpaca's `generate_instruction.py` loop, i.e. rouge_score's tokenizer and `_score_lcs` of each
+candidate against every seed and every kept instruction, in one process. Alpaca opens a multiprocessing
+Pool for every candidate on top of that, which only adds start-up cost at this size. With
+--baseline-sample N the baseline runs on the first N candidates only and its full time is extrapolated
+from the LCS table cells it would fill (the printout says so).
+
+Times are CPU seconds of this process (time.process_time), so other work on a shared machine does not
+skew the ratio; both sides run single-threaded.
+
+Then the scaling table: exact ROUGE-L dedup of 10K, 30K and 100K synthesized instructions (anchor texts,
+their perturbations and splices of two texts, English and Chinese).
+
+    python benchmarks/dedup.py                       # default: baseline on the first 1000, sizes 10K-100K
+    python benchmarks/dedup.py --baseline-sample 0   # baseline on the whole 4K workload (slow)
+    python benchmarks/dedup.py --sizes 10000,30000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from pathlib import Path
+
+from rouge_score import rouge_scorer
+
+from distillery.dedup import DedupOptions, dedup_records, tokenize
+
+ANCHORS = Path(__file__).resolve().parents[1].parent / "shared" / "anchors"
+FILLERS = ["please", "briefly", "also", "now", "the", "a", "some", "new", "simple", "short"]
+
+
+def load(name: str) -> list[str]:
+    path = ANCHORS / name
+    if path.suffix == ".jsonl" or name == "belle_zh_seed_tasks.json":
+        return [json.loads(line)["instruction"] for line in path.open(encoding="utf-8") if line.strip()]
+    return [record["instruction"] for record in json.loads(path.read_text(encoding="utf-8"))]
+
+
+def perturb(text: str, edits: int, rng: random.Random, vocabulary: list[str]) -> str:
+    """Word-level edits; Chinese text (no spaces) is edited character by character."""
+    spaced = " " in text.strip()
+    units = text.split() if spaced else list(text)
+    for _ in range(edits):
+        if len(units) < 2:
+            units.append(rng.choice(FILLERS if spaced else vocabulary))
+            continue
+        kind, at = rng.randrange(4), rng.randrange(len(units))
+        if kind == 0:
+            del units[at]
+        elif kind == 1:
+            at = min(at, len(units) - 2)
+            units[at], units[at + 1] = units[at + 1], units[at]
+        elif kind == 2:
+            units.insert(at, rng.choice(FILLERS if spaced else vocabulary))
+        else:
+            units[at] = rng.choice(vocabulary)
+    return (" " if spaced else "").join(units)
+
+
+def workload_4k(seeds: list[str], rng: random.Random) -> list[str]:
+    originals = (
+        load("llamafactory_alpaca_en_demo.json")[:1000]
+        + rng.sample(load("gpteacher_roleplay.json"), 900)
+        + rng.sample(load("gpteacher_toolformer.json"), 600)
+        + rng.sample(load("gsm8k_train_alpaca.json"), 700)
+    )
+    vocabulary = sorted({word for text in originals for word in text.split()})
+    sources = originals + seeds
+    copies = [perturb(rng.choice(sources), rng.randint(1, 3), rng, vocabulary) for _ in range(800)]
+    texts = originals + copies
+    rng.shuffle(texts)
+    return texts
+
+
+def synthesize(size: int, rng: random.Random) -> list[str]:
+    """Anchors, light and heavy perturbations, and splices of two texts, in English and Chinese."""
+    english = sorted(set(
+        load("llamafactory_alpaca_en_demo.json") + load("gpteacher_roleplay.json")
+        + load("gpteacher_toolformer.json") + load("gsm8k_train_alpaca.json")
+    ))
+    chinese = sorted(set(load("llamafactory_alpaca_zh_demo.json") + load("belle_zh_seed_tasks.json")))
+    words = sorted({word for text in english for word in text.split()})
+    characters = sorted({ch for text in chinese for ch in text if "\u4e00" <= ch <= "\u9fff"})
+    texts = []
+    for _ in range(size):
+        zh = rng.random() < 0.15
+        base, vocabulary = (chinese, characters) if zh else (english, words)
+        text = rng.choice(base)
+        roll = rng.random()
+        if roll < 0.4:
+            other = rng.choice(base)
+            text = text[: len(text) // 2] + other[len(other) // 2:]
+        elif roll < 0.7:
+            text = perturb(text, rng.randint(1, 3), rng, vocabulary)
+        else:
+            text = perturb(text, max(4, len(text.split() if not zh else text) // 2), rng, vocabulary)
+        texts.append(text)
+    return texts
+
+
+def alpaca_loop(candidates: list[str], seeds: list[str]) -> list[int]:
+    """Alpaca's decision loop (generate_instruction.py), minus its per-candidate process pool."""
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+    all_tokens = [scorer._tokenizer.tokenize(seed) for seed in seeds]
+    kept = []
+    for number, instruction in enumerate(candidates):
+        new_tokens = scorer._tokenizer.tokenize(instruction)
+        scores = [rouge_scorer._score_lcs(new_tokens, tokens).fmeasure for tokens in all_tokens]
+        if max(scores) > 0.7:
+            continue
+        kept.append(number)
+        all_tokens.append(new_tokens)
+    return kept
+
+
+def distillery_kept(candidates: list[str], seeds: list[str]) -> tuple[list[int], float]:
+    records = [{"instruction": text, "n": number} for number, text in enumerate(candidates)]
+    start = time.process_time()
+    kept = [record["n"] for record in dedup_records(records, seeds, DedupOptions())]
+    return kept, time.process_time() - start
+
+
+def lcs_cells(candidates: list[str], seeds: list[str], kept: list[int], first: int) -> int:
+    """LCS table cells Alpaca's loop fills for the first `first` candidates, given the kept set."""
+    kept_set = set(kept)
+    pool_tokens = sum(len(tokenize(seed)) + 1 for seed in seeds)
+    cells = 0
+    for number, text in enumerate(candidates[:first]):
+        length = len(tokenize(text)) + 1
+        cells += length * pool_tokens
+        if number in kept_set:
+            pool_tokens += length
+    return cells
+
+
+def compare(seeds: list[str], sample: int) -> None:
+    candidates = workload_4k(seeds, random.Random(7))
+    sample = sample or len(candidates)
+    print(f"workload: {len(candidates)} candidates against {len(seeds)} seeds, ROUGE-L F > 0.7\n")
+    kept, seconds = distillery_kept(candidates, seeds)
+    dropped = len(candidates) - len(kept)
+    print(f"distillery (all {len(candidates)}):  {seconds:8.2f} CPU s  kept {len(kept)}, dropped {dropped}")
+    part = candidates[:sample]
+    part_kept, part_seconds = distillery_kept(part, seeds)
+    start = time.process_time()
+    reference = alpaca_loop(part, seeds)
+    baseline = time.process_time() - start
+    same = reference == part_kept == [n for n in kept if n < sample]
+    print(f"distillery (first {sample}): {part_seconds:8.2f} CPU s  kept {len(part_kept)}")
+    print(f"Alpaca loop (first {sample}): {baseline:8.2f} CPU s  kept {len(reference)}")
+    print(f"kept sets identical on the {sample} both ran: {'YES' if same else 'NO'}")
+    print(f"speed-up, measured on the first {sample}: {baseline / part_seconds:,.0f}x")
+    if sample < len(candidates):
+        cells = lcs_cells(candidates, seeds, kept, len(candidates)) / lcs_cells(candidates, seeds, kept, sample)
+        full = baseline * cells
+        print(f"Alpaca loop, all {len(candidates)}: {full:8.1f} CPU s  EXTRAPOLATED from the first {sample} "
+              "by LCS table cells")
+        print(f"speed-up on the full workload (extrapolated baseline): {full / seconds:,.0f}x")
+    if not same:
+        raise SystemExit("kept sets differ")
+
+
+def scaling(seeds: list[str], sizes: list[int]) -> None:
+    if not sizes:
+        return
+    print(f"\n{'instructions':>12} {'kept':>8} {'dropped':>8} {'CPU s':>9} {'per second':>11}")
+    for size in sizes:
+        texts = synthesize(size, random.Random(size))
+        kept, seconds = distillery_kept(texts, seeds)
+        print(f"{size:>12,} {len(kept):>8,} {size - len(kept):>8,} {seconds:>9.1f} {size / seconds:>11,.0f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--baseline-sample", type=int, default=1000,
+                        help="run Alpaca's loop on the first N candidates only and extrapolate (0: all)")
+    parser.add_argument("--sizes", default="10000,30000,100000", help="comma-separated scaling sizes ('' to skip)")
+    args = parser.parse_args()
+    seeds = load("alpaca_seed_tasks.jsonl")
+    compare(seeds, args.baseline_sample)
+    scaling(seeds, [int(size) for size in args.sizes.split(",") if size])
+
+
+if __name__ == "__main__":
+    main()

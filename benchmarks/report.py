@@ -1,0 +1,102 @@
+"""`distillery report` on 100K Alpaca records: wall time and page size against the goals (60 s, 10 MB).
+
+Workload: real Alpaca-format records from ../shared/anchors (LLaMA-Factory English and Chinese demos,
+GSM8K, GPTeacher roleplay and toolformer), cycled to the requested size; every copy after the first gets
+a short suffix on its instruction, so exact-duplicate counts stay realistic rather than total. Written once
+as a JSON list to a temporary directory.
+
+The floor beside it is a bare streaming read of the same file with `io.iter_records`: what any report
+must pay before it looks at a record. The report is timed in-process (`build_report`) and through the
+real console script, which also pays interpreter start-up and lingua's model loading. Wall time depends
+on what else the machine runs, so CPU time (all threads; lingua detects in parallel) and the load
+average are printed too.
+
+    python benchmarks/report.py                    # 100,000 records
+    python benchmarks/report.py --records 20000 --tokenizer path/to/tokenizer.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from distillery.io import iter_records
+from distillery.report import ReportOptions, build_report
+
+ANCHORS = Path(__file__).resolve().parents[1].parent / "shared" / "anchors"
+SOURCES = ("llamafactory_alpaca_en_demo.json", "llamafactory_alpaca_zh_demo.json", "gsm8k_train_alpaca.json",
+           "gpteacher_roleplay.json", "gpteacher_toolformer.json")
+GOAL_SECONDS, GOAL_BYTES = 60.0, 10_000_000
+
+
+def workload(size: int) -> list[dict[str, str]]:
+    base = [
+        {key: str(record.get(key) or "") for key in ("instruction", "input", "output")}
+        for name in SOURCES
+        for record in json.loads((ANCHORS / name).read_text(encoding="utf-8"))
+    ]
+    records = []
+    for number in range(size):
+        record = dict(base[number % len(base)])
+        copy = number // len(base)
+        if copy:
+            record["instruction"] = f"{record['instruction']} (variant {copy})"
+        records.append(record)
+    return records
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--records", type=int, default=100_000)
+    parser.add_argument("--tokenizer", default=None)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as folder:
+        data = Path(folder) / "alpaca.json"
+        data.write_text(json.dumps(workload(args.records), ensure_ascii=False), encoding="utf-8")
+        load = f"{os.getloadavg()[0]:.1f}"
+        print(f"workload: {args.records:,} Alpaca records, {data.stat().st_size / 1e6:.1f} MB JSON, "
+              f"{os.cpu_count()} cores")
+
+        start, cpu = time.perf_counter(), time.process_time()
+        count = sum(1 for _ in iter_records(data))
+        floor, floor_cpu = time.perf_counter() - start, time.process_time() - cpu
+
+        page = Path(folder) / "report.html"
+        cpu = time.process_time()
+        result = build_report(ReportOptions([data], output=page, tokenizer=args.tokenizer))
+        report_cpu = time.process_time() - cpu
+        assert result.profiles[0].records == count == args.records
+
+        cli_page = Path(folder) / "cli.html"
+        command = [shutil.which("distillery") or "distillery", "report", str(data), "-o", str(cli_page)]
+        if args.tokenizer:
+            command += ["--tokenizer", args.tokenizer]
+        start, children = time.perf_counter(), _children_cpu()
+        subprocess.run(command, check=True, capture_output=True)
+        cli_seconds, cli_cpu = time.perf_counter() - start, _children_cpu() - children
+
+        print(f"load average before/after: {load} / {os.getloadavg()[0]:.1f}")
+        print(f"{'':28}{'wall s':>8}{'CPU s':>8}{'MB':>8}")
+        print(f"{'floor: stream-read only':28}{floor:>8.1f}{floor_cpu:>8.1f}{'':>8}")
+        print(f"{'report, in-process':28}{result.seconds:>8.1f}{report_cpu:>8.1f}{result.size / 1e6:>8.2f}")
+        print(f"{'report, console script':28}{cli_seconds:>8.1f}{cli_cpu:>8.1f}{cli_page.stat().st_size / 1e6:>8.2f}")
+        print(f"{'goal':28}{GOAL_SECONDS:>8.0f}{'':>8}{GOAL_BYTES / 1e6:>8.0f}")
+        verdict = result.seconds < GOAL_SECONDS and cli_seconds < GOAL_SECONDS and result.size < GOAL_BYTES
+        print("meets the goal" if verdict else "MISSES the goal")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,493 @@
+"""Near-duplicate filtering: Self-Instruct's ROUGE-L rule made exact and fast, plus MinHash and exact text.
+
+Self-Instruct keeps a new instruction only if its ROUGE-L F against every instruction kept so far is at
+most 0.7. Alpaca scores every pair in pure Python. Here the longest common subsequence is bounded by the
+multiset token overlap, a prefix-filtered inverted index finds every pair whose bound could pass the
+threshold, and only those pairs get an LCS (rapidfuzz, C++). The score itself is rouge_score's own float
+expression, so decisions are the same as Alpaca's on English, and Chinese gets one token per ideograph
+instead of none at all.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import re
+import time
+from array import array
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from rapidfuzz import process
+from rapidfuzz.distance import LCSseq
+
+from distillery.errors import InputError, UserError
+from distillery.formats import first_user_turn
+from distillery.io import iter_located, open_writer
+
+Record = dict[str, Any]
+Match = tuple[float, str]
+
+_TOKEN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]|[a-z0-9]+")
+# Bounds are compared against threshold - _MARGIN: a float F can sit a few ulps above its exact value, so
+# a pair is skipped only when even that cannot reach the threshold. Pruning never changes a decision.
+_MARGIN = 1e-9
+_UNKNOWN = 0  # the code of every token a query has and no added text has: it can match nothing
+_SURROGATES = 0x800
+_MAX_CHAR = 0x10FFFF
+_OCCURRENCE = 1 << 40  # element = token code + k * _OCCURRENCE for the k-th repeat of a token in a text
+_FIRST_REBUILD = 32
+_BUCKETS = 64  # token-count sketch width: 128 bytes a text, prunes ~97% of what the prefix filter lets by
+_SKETCH_MAX = np.iinfo(np.uint16).max
+
+
+def tokenize(text: str) -> list[str]:
+    """rouge_score's tokenizer (stemming off), plus one token per CJK ideograph instead of dropping it."""
+    return _TOKEN.findall(text.lower())
+
+
+def _f_measure(lcs: int, n_candidate: int, n_kept: int) -> float:
+    """rouge_score's exact float expression, so ties at the threshold fall the same way."""
+    precision = lcs / n_kept
+    recall = lcs / n_candidate
+    return 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+
+
+def rouge_l(candidate: list[str], kept: list[str]) -> float:
+    """ROUGE-L F of two token lists, as rouge_score's `score(target=candidate, prediction=kept)`."""
+    if not candidate or not kept:
+        return 0.0
+    ids: dict[str, int] = {}
+    left = [ids.setdefault(token, len(ids)) for token in candidate]
+    right = [ids.setdefault(token, len(ids)) for token in kept]
+    return _f_measure(LCSseq.similarity(left, right), len(candidate), len(kept))
+
+
+def _code(token_id: int) -> int:
+    """Token ids become code points (skipping surrogates), so rapidfuzz compares whole strings in C++."""
+    return token_id if token_id < 0xD800 else token_id + _SURROGATES
+
+
+def _encode(codes: list[int]) -> str | list[int]:
+    """A string of code points; a vocabulary past Unicode falls back to a list (rapidfuzz mixes both)."""
+    if not codes or max(codes) <= _MAX_CHAR:
+        return "".join(map(chr, codes))
+    return codes
+
+
+def _decode(seq: str | list[int]) -> list[int]:
+    return list(map(ord, seq)) if isinstance(seq, str) else seq
+
+
+def _sketch(codes: list[int]) -> np.ndarray:
+    """Token counts per hash bucket: the sum over buckets of the smaller count bounds the multiset overlap."""
+    counts = np.bincount(np.asarray(codes, dtype=np.int64) % _BUCKETS, minlength=_BUCKETS)
+    return np.minimum(counts, _SKETCH_MAX).astype(np.uint16)
+
+
+def _elements(codes: list[int]) -> list[int]:
+    """The token multiset as a set: the k-th repeat of a token is its own element, so overlaps add up."""
+    seen: dict[int, int] = {}
+    elements = []
+    for code in codes:
+        repeat = seen.get(code, 0)
+        seen[code] = repeat + 1
+        elements.append(code + repeat * _OCCURRENCE)
+    return elements
+
+
+class RougeIndex:
+    """Incremental exact ROUGE-L: `find_duplicate` decides, `query`/`most_similar` report.
+
+    F = 2 * LCS / (len_a + len_b) and LCS <= the multiset token overlap, so the Dice coefficient of token
+    multisets bounds F from above. Exact filters use that bound before any LCS is computed:
+    - a prefix filter (AllPairs/PPJoin): every text is indexed under its rarest elements, and any pair
+      whose overlap could lift F above the threshold must share one of them within prefixes as long as
+      that pair's lengths allow (the positional part). Rarity is a document-frequency snapshot
+      refreshed, with a full re-index, each time the index doubles, so every prefix is cut in one order;
+    - a count sketch per text (tokens hashed into 64 buckets), whose bucket-wise minimum can only
+      over-count the overlap.
+    """
+
+    def __init__(self, threshold: float = 0.7) -> None:
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold must be between 0 and 1, got {threshold}")
+        self.threshold = threshold
+        self._slack = threshold - _MARGIN
+        self._vocab: dict[str, int] = {}
+        self._texts: list[str] = []
+        self._seqs: list[str | list[int]] = []
+        self._lengths = np.zeros(_FIRST_REBUILD, dtype=np.float64)
+        self._sketches = np.zeros((_FIRST_REBUILD, _BUCKETS), dtype=np.uint16)
+        self._df: dict[int, int] = {}
+        self._rank: dict[int, int] = {}
+        self._postings: dict[int, array[int]] = {}
+        self._rebuild_at = _FIRST_REBUILD
+
+    def __len__(self) -> int:
+        return len(self._texts)
+
+    def add(self, text: str) -> None:
+        codes = [self._intern(token) for token in tokenize(text)]
+        index = len(self._texts)
+        self._texts.append(text)
+        self._seqs.append(_encode(codes))
+        if index == len(self._lengths):
+            self._lengths = np.concatenate([self._lengths, np.zeros_like(self._lengths)])
+            self._sketches = np.concatenate([self._sketches, np.zeros_like(self._sketches)])
+        self._lengths[index] = len(codes)
+        self._sketches[index] = _sketch(codes)
+        elements = _elements(codes)
+        for element in elements:
+            self._df[element] = self._df.get(element, 0) + 1
+        self._post(index, elements)
+        if len(self._texts) >= self._rebuild_at:
+            self._reindex()
+
+    def find_duplicate(self, text: str) -> Match | None:
+        """The best match when its F is above the threshold; only pairs that could be are scored."""
+        codes = self._lookup(text)
+        n = len(codes)
+        found, probes = [], []
+        for position, element in enumerate(self._prefix(_elements(codes))):
+            posting = self._postings.get(element)
+            if posting is not None:
+                found.append(posting)
+                probes.append(position)
+        if not found:
+            return None
+        entries = np.frombuffer(b"".join(found), dtype=np.intc).reshape(-1, 2)
+        indices, positions = entries[:, 0], entries[:, 1]
+        probe_positions = np.repeat(probes, [len(posting) // 2 for posting in found])
+        lengths = self._lengths[indices]
+        # The pair's own overlap requirement shortens both prefixes (PPJoin's positional filter).
+        alpha = np.maximum(np.floor(self._slack * (lengths + n) / 2) + 1, 1)
+        indices = np.unique(indices[(probe_positions <= n - alpha) & (positions <= lengths - alpha)])
+        lengths = self._lengths[indices]
+        known = [code for code in codes if code != _UNKNOWN]
+        overlap = np.minimum(self._sketches[indices], _sketch(known)).sum(axis=1)
+        # Only two texts over 65,535 tokens each can saturate a bucket; the sketch then bounds nothing.
+        indices = indices[(2 * overlap > self._slack * (lengths + n)) | (lengths > _SKETCH_MAX)]
+        if not len(indices):
+            return None
+        scores = self._scores(codes, indices)
+        best = int(np.argmax(scores))
+        if scores[best] > self.threshold:
+            return float(scores[best]), self._texts[indices[best]]
+        return None
+
+    def query(self, text: str) -> tuple[float, str | None]:
+        """Exact best F over everything added, and that text (the earliest added on a tie)."""
+        scores = self.scores(text)
+        if not len(scores):
+            return 0.0, None
+        best = int(np.argmax(scores))
+        return float(scores[best]), self._texts[best]
+
+    def most_similar(self, text: str, k: int = 10) -> list[tuple[str, float]]:
+        """Top k by F, highest first, earliest added first on ties (Alpaca's `most_similar_instructions`)."""
+        scores = self.scores(text)
+        k = min(k, len(scores))
+        if k <= 0:
+            return []
+        kth = np.partition(scores, len(scores) - k)[len(scores) - k]
+        tied = np.flatnonzero(scores >= kth)
+        order = tied[np.lexsort((tied, -scores[tied]))][:k]
+        return [(self._texts[i], float(scores[i])) for i in order]
+
+    def scores(self, text: str) -> np.ndarray:
+        """F of `text` against every added text, in insertion order (one C++ pass, no pruning)."""
+        return self._scores(self._lookup(text), None)
+
+    def _scores(self, codes: list[int], indices: np.ndarray | None) -> np.ndarray:
+        """rouge_score's float expression, elementwise: numpy float64 rounds exactly as Python does."""
+        size = len(self._texts)
+        lengths = self._lengths[:size] if indices is None else self._lengths[indices]
+        scores = np.zeros(len(lengths))
+        if not codes or not len(lengths):
+            return scores
+        seqs = self._seqs if indices is None else [self._seqs[i] for i in indices]
+        lcs = process.cdist([_encode(codes)], seqs, scorer=LCSseq.similarity, dtype=np.int32)[0]
+        lcs = lcs.astype(np.float64)
+        precision = np.divide(lcs, lengths, out=np.zeros_like(lcs), where=lengths > 0)
+        recall = lcs / len(codes)
+        total = precision + recall
+        np.divide(2 * precision * recall, total, out=scores, where=total > 0)
+        return scores
+
+    def _intern(self, token: str) -> int:
+        code = self._vocab.get(token)
+        if code is None:
+            code = self._vocab[token] = _code(len(self._vocab) + 1)
+        return code
+
+    def _lookup(self, text: str) -> list[int]:
+        vocab = self._vocab
+        return [vocab.get(token, _UNKNOWN) for token in tokenize(text)]
+
+    def _prefix(self, elements: list[int]) -> list[int]:
+        """The rarest len - alpha + 1 elements, alpha being the least overlap any duplicate pair needs."""
+        n = len(elements)
+        slack = self._slack
+        alpha = max(1, math.floor(slack * n / (2 - slack)) + 1)
+        rank = self._rank
+        return sorted(elements, key=lambda element: (rank.get(element, 0), element))[: n - alpha + 1]
+
+    def _post(self, index: int, elements: list[int]) -> None:
+        """Each posting holds (text index, element's position in that text's prefix) pairs."""
+        postings = self._postings
+        for position, element in enumerate(self._prefix(elements)):
+            posting = postings.get(element)
+            if posting is None:
+                posting = postings[element] = array("i")
+            posting.append(index)
+            posting.append(position)
+
+    def _reindex(self) -> None:
+        self._rank = dict(self._df)
+        self._postings = {}
+        for index, seq in enumerate(self._seqs):
+            self._post(index, _elements(_decode(seq)))
+        self._rebuild_at = 2 * len(self._texts)
+
+
+def _shingles(text: str) -> list[bytes]:
+    """Consecutive token pairs: character bigrams for Chinese, word bigrams for English."""
+    tokens = tokenize(text)
+    if len(tokens) < 2:
+        return [token.encode() for token in tokens]
+    return [f"{a} {b}".encode() for a, b in zip(tokens, tokens[1:], strict=False)]
+
+
+class MinHashIndex:
+    """Approximate near-duplicates by estimated Jaccard of token-bigram shingles (datasketch MinHash LSH).
+
+    For corpora of millions where exact all-pairs ROUGE-L is too slow; it can miss a pair or report one
+    slightly under the threshold. Texts without tokens are never duplicates, as under ROUGE-L.
+    """
+
+    def __init__(self, threshold: float = 0.8, num_perm: int = 128) -> None:
+        from datasketch import MinHash, MinHashLSH
+
+        if not 0.0 <= threshold < 1.0:
+            raise ValueError(f"MinHash threshold must be at least 0 and below 1, got {threshold}")
+        self.threshold = threshold
+        self._template = MinHash(num_perm=num_perm)
+        self._lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+        self._signatures: list[Any] = []
+        self._texts: list[str] = []
+
+    def __len__(self) -> int:
+        return len(self._texts)
+
+    def _signature(self, text: str) -> Any | None:
+        from datasketch import LeanMinHash, MinHash
+
+        shingles = _shingles(text)
+        if not shingles:
+            return None
+        template = self._template  # reusing its permutations saves most of the cost of a MinHash
+        signature = MinHash(template.num_perm, permutations=template.permutations, scheme=template.scheme)
+        signature.update_batch(shingles)
+        return LeanMinHash(signature)
+
+    def add(self, text: str) -> None:
+        signature = self._signature(text)
+        if signature is not None:
+            self._lsh.insert(len(self._signatures), signature)
+            self._signatures.append(signature)
+            self._texts.append(text)
+
+    def find_duplicate(self, text: str) -> Match | None:
+        signature = self._signature(text)
+        if signature is None:
+            return None
+        best, best_index = -1.0, -1
+        for index in self._lsh.query(signature):
+            score = signature.jaccard(self._signatures[index])
+            if score > best or (score == best and index < best_index):
+                best, best_index = score, index
+        if best > self.threshold:
+            return best, self._texts[best_index]
+        return None
+
+
+def normalize(text: str) -> str:
+    """Case folded, whitespace runs collapsed to one space and trimmed."""
+    return " ".join(text.casefold().split())
+
+
+class ExactIndex:
+    """Repeats of the same text once case and whitespace are folded."""
+
+    def __init__(self) -> None:
+        self._first: dict[str, str] = {}
+
+    def __len__(self) -> int:
+        return len(self._first)
+
+    def add(self, text: str) -> None:
+        self._first.setdefault(normalize(text), text)
+
+    def find_duplicate(self, text: str) -> Match | None:
+        first = self._first.get(normalize(text))
+        return None if first is None else (1.0, first)
+
+
+class Index(Protocol):
+    def add(self, text: str) -> None: ...
+
+    def find_duplicate(self, text: str) -> Match | None: ...
+
+
+METHODS = ("rouge-l", "minhash", "exact")
+DEFAULT_THRESHOLDS = {"rouge-l": 0.7, "minhash": 0.8}
+
+
+@dataclass(frozen=True)
+class DedupOptions:
+    """What counts as a duplicate. `threshold` None means the method's default (0.7 F, 0.8 Jaccard)."""
+
+    method: str = "rouge-l"
+    threshold: float | None = None
+    field: str = "instruction"
+    num_perm: int = 128
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise UserError(f"unknown dedup method {self.method!r}; use one of {', '.join(METHODS)}")
+        if self.threshold is not None:
+            if self.method == "exact":
+                raise UserError("--threshold does not apply to --method exact (it drops repeated text)")
+            below_one = self.method == "minhash"  # datasketch's LSH cannot be tuned for Jaccard 1
+            if not 0.0 <= self.threshold <= 1.0 or (below_one and self.threshold == 1.0):
+                bound = "at least 0 and below 1" if below_one else "between 0 and 1"
+                raise UserError(f"--threshold for {self.method} must be {bound}, got {self.threshold}")
+        if self.num_perm < 16:
+            raise UserError(f"num_perm must be at least 16, got {self.num_perm}")
+
+    @property
+    def cutoff(self) -> float | None:
+        return self.threshold if self.threshold is not None else DEFAULT_THRESHOLDS.get(self.method)
+
+    def make_index(self) -> Index:
+        if self.method == "rouge-l":
+            return RougeIndex(self.cutoff)
+        if self.method == "minhash":
+            return MinHashIndex(self.cutoff, self.num_perm)
+        return ExactIndex()
+
+
+def record_text(record: Record, field: str = "instruction", where: str = "record") -> str:
+    """What a record is compared on: `field` for Alpaca-style records, the first user turn for chats."""
+    if "conversations" in record or "messages" in record:
+        return first_user_turn(record, where)
+    if field not in record:
+        raise InputError(where, f"record has no {field!r} field (and no 'conversations' or 'messages')")
+    value = record[field]
+    if not isinstance(value, str):
+        raise InputError(where, f"{field!r} is {type(value).__name__}, expected a string")
+    return value
+
+
+def pool_texts(paths: Iterable[str | Path], field: str = "instruction") -> list[str]:
+    """Texts of the `--against` files; seed tasks lacking `field` are compared on their `instruction`."""
+    texts: list[str] = []
+    for path in paths:
+        before = len(texts)
+        for where, record in iter_located(path):
+            texts.append(record_text(record, field if field in record else "instruction", where))
+        if len(texts) == before:
+            raise InputError(path, "holds no records")
+    return texts
+
+
+@dataclass(frozen=True)
+class Duplicate:
+    record: Record
+    where: str
+    most_similar: str
+    score: float
+
+    def as_dict(self) -> Record:
+        return {"where": self.where, "score": self.score, "most_similar": self.most_similar,
+                "record": self.record}
+
+
+def _dedup_located(
+    located: Iterable[tuple[str, Record]],
+    pool: Iterable[str],
+    options: DedupOptions,
+    on_reject: Callable[[Duplicate], None] | None,
+) -> Iterator[Record]:
+    index = options.make_index()
+    for text in pool:
+        index.add(text)
+    for where, record in located:
+        text = record_text(record, options.field, where)
+        match = index.find_duplicate(text)
+        if match is None:
+            index.add(text)
+            yield record
+        elif on_reject is not None:
+            on_reject(Duplicate(record, where, match[1], match[0]))
+
+
+def dedup_records(
+    records: Iterable[Record],
+    pool: Iterable[str] = (),
+    options: DedupOptions | None = None,
+    on_reject: Callable[[Duplicate], None] | None = None,
+) -> Iterator[Record]:
+    """Kept records in input order; each candidate is compared with the pool and with those kept before it."""
+    located = ((f"record {number}", record) for number, record in enumerate(records, start=1))
+    yield from _dedup_located(located, pool, options or DedupOptions(), on_reject)
+
+
+@dataclass(frozen=True)
+class DedupSummary:
+    seen: int
+    kept: int
+    pool: int
+    seconds: float
+
+    @property
+    def dropped(self) -> int:
+        return self.seen - self.kept
+
+
+def dedup_file(
+    input_path: str | Path,
+    output_path: str | Path,
+    options: DedupOptions | None = None,
+    against: Sequence[str | Path] = (),
+    rejected_path: str | Path | None = None,
+) -> DedupSummary:
+    """Stream INPUT to OUTPUT keeping non-duplicates; both files appear only if the whole run succeeds."""
+    options = options or DedupOptions()
+    if rejected_path is not None and Path(rejected_path).resolve() == Path(output_path).resolve():
+        raise UserError(f"--rejected {rejected_path} is the same file as the output")
+    start = time.perf_counter()
+    pool = pool_texts(against, options.field)
+    located = iter_located(input_path)
+    first = next(located, None)  # a missing, empty or unreadable INPUT fails before any file is opened
+    if first is None:
+        raise InputError(input_path, "holds no records")
+    seen = 0
+
+    def counted() -> Iterator[tuple[str, Record]]:
+        nonlocal seen
+        for item in itertools.chain([first], located):
+            seen += 1
+            yield item
+
+    with ExitStack() as stack:
+        writer = stack.enter_context(open_writer(output_path))
+        rejected = stack.enter_context(open_writer(rejected_path)) if rejected_path is not None else None
+        on_reject = None if rejected is None else lambda duplicate: rejected.write(duplicate.as_dict())
+        writer.write_all(_dedup_located(counted(), pool, options, on_reject))
+    return DedupSummary(seen=seen, kept=writer.count, pool=len(pool), seconds=time.perf_counter() - start)

@@ -1,0 +1,546 @@
+"""`distillery evol`: WizardLM's Evol-Instruct as the paper describes it, reproducibly.
+
+Every seed instruction is one lineage. In each of M rounds its live instruction is rewritten by one
+method chosen from a seeded RNG, judged for information gain, answered, and checked by the paper's four
+elimination rules. A passing evolution becomes the live instruction for the next round; a failing one is
+logged with the rule that failed it, and its parent is evolved again next round. Lineages do not depend
+on each other, so each runs its rounds on its own and no round waits for the slowest request of another.
+
+Every request goes through the response cache, and every decided attempt is journalled under a key made
+of its evolution request and the settings that judge it, so a re-run (after a crash, a kill -9 or a
+spent --max-cost) replays what was decided, re-sends nothing that was answered, and writes the same OUTPUT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import random
+import re
+import time
+import unicodedata
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import asdict, dataclass, field, replace
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+from distillery.cache import canonical_request, remove_state, state_path
+from distillery.cost import RunStats
+from distillery.errors import UserError
+from distillery.io import file_format, sidecar, write_json, write_records
+from distillery.journal import Journal
+from distillery.llm import LLM, BudgetReached, ChatRequest, ChatResult, EndpointOptions, run_bounded
+from distillery.pipeline import StageStats
+from distillery.progress import RunProgress
+from distillery.respond import EXIT_BUDGET, EXIT_FAILURES, load_alpaca
+
+IN_DEPTH = ("constraints", "deepening", "concretizing", "reasoning", "complicate-input")
+IN_BREADTH = ("breadth",)
+METHODS = IN_DEPTH + IN_BREADTH
+METHOD_GROUPS = {"in-depth": IN_DEPTH, "in-breadth": IN_BREADTH, "all": METHODS}
+LANGS = ("en", "zh")
+JUDGE = "judge"
+
+# What complicate-input asks the rewriter to add; one is drawn per attempt, like the paper's data formats.
+DATA_FORMATS = {
+    "en": ("JSON data", "XML data", "a Markdown table", "a CSV table", "Python code", "an SQL database schema",
+           "an HTML page", "a shell command"),
+    "zh": ("JSON 格式的数据", "XML 格式的数据", "一张 Markdown 表格", "一张 CSV 表格", "一段 Python 代码",
+           "一个 SQL 数据库表结构", "一个 HTML 页面", "一条 Shell 命令"),
+}
+_PLACEHOLDERS = {JUDGE: ("{first}", "{second}")}
+_FIELD = re.compile(r"\{(instruction|data_format|first|second)\}")
+_JUDGE_PARAMS = {"temperature": 0.0, "max_tokens": 16}
+
+# Rule 2. The paper says "sorry" and fewer than 80 words; a Chinese answer has no spaces, so each CJK
+# character counts as half a word (Chinese words average about two characters).
+SORRY_WORDS = 80
+_SORRY = re.compile(r"sorry|抱歉|对不起", re.IGNORECASE)
+_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3040-\u30ff]+")
+_WORD = re.compile(r"[^\W_]+")
+
+# Rule 3: an answer made only of punctuation and these words carries nothing.
+EN_STOPWORDS = frozenset("""
+a about above after again against all am an and any are as at be because been before being below between
+both but by can could did do does doing down during each few for from further had has have having he her
+here hers herself him himself his how i if in into is it its itself just me more most my myself no nor not
+now of off on once only or other our ours ourselves out over own same she should so some such than that the
+their theirs them themselves then there these they this those through to too under until up very was we were
+what when where which while who whom why will with would you your yours yourself yourselves also oh um uh
+hmm well s t d ll m re ve don
+""".split())
+ZH_STOPWORDS = frozenset("""
+的 了 着 过 是 在 和 与 及 或 也 都 就 而 又 把 被 让 给 对 从 向 于 以 之 其 这 那 这个 那个 这些 那些 这样
+那样 我 你 您 他 她 它 我们 你们 他们 她们 它们 自己 啊 吧 呢 吗 嘛 呀 哦 噢 嗯 哈 呵 哎 唉 么 什么 怎么
+为什么 哪 哪里 如何 因为 所以 但是 但 可是 然而 如果 虽然 而且 并且 只是 还是 一个 一些 有 没有 不 很
+非常 等 等等 个 之类 然后 即 并
+""".split())
+_ZH_LONGEST = max(map(len, ZH_STOPWORDS))
+
+# Rule 4: words of the evolving prompt itself, in either language's templates.
+EN_MARKERS = ("given prompt", "rewritten prompt", "created prompt")
+ZH_MARKERS = ("给定提示", "给定的提示", "改写后提示", "改写后的提示", "新创提示", "新创的提示")
+
+_LEAKED_HEADER = re.compile(
+    r"^\s*[*_]*\s*(?:"
+    r"#\s*(?:the\s+)?(?:rewritten|created)\s+prompt\s*#\s*[:：]?"
+    r"|(?:the\s+)?(?:rewritten|created)\s+prompt\s*[*_]*\s*[:：]"
+    r"|#\s*(?:改写后的?|新创的?)提示\s*#\s*[:：]?"
+    r"|(?:改写后的?|新创的?)提示\s*[*_]*\s*[:：]"
+    r")\s*[*_]*\s*",
+    re.IGNORECASE,
+)
+_NOT_EQUAL = re.compile(r"not\s*equal|unequal|不相同|不相等|不同|不一样", re.IGNORECASE)
+_EQUAL = re.compile(r"equal|相同|相等|一样", re.IGNORECASE)
+
+NO_INFORMATION_GAIN = "no_information_gain"
+SORRY_SHORT_ANSWER = "sorry_short_answer"
+ONLY_PUNCTUATION_STOPWORDS = "answer_only_punctuation_stopwords"
+COPIED_PROMPT_MARKERS = "copied_prompt_markers"
+EMPTY_REWRITE = "empty_rewrite"
+TRUNCATED = "truncated"
+
+
+@dataclass
+class EvolOptions:
+    """One Evol-Instruct run; the random choices are seeded by `endpoint.seed` (0 when unset)."""
+
+    input: Path
+    output: Path
+    endpoint: EndpointOptions = field(default_factory=EndpointOptions)
+    rounds: int = 4
+    methods: tuple[str, ...] = METHODS
+    lang: str = "en"
+    answers: bool = True
+    answer_model: str | None = None
+    answer_system: str | None = None
+    judge: bool = True
+    keep_original: bool = False
+    templates: Path | None = None
+
+    def validate(self) -> None:
+        if self.rounds < 1:
+            raise UserError("--rounds must be at least 1")
+        if self.lang not in LANGS:
+            raise UserError(f"--lang must be one of {', '.join(LANGS)}, not {self.lang!r}")
+        self.methods = parse_methods(self.methods)
+        if not self.answers and (self.answer_model or self.answer_system):
+            raise UserError("--answer-model and --answer-system need answers; drop them or drop --no-answers")
+        if self.templates is not None and not self.templates.is_dir():
+            raise UserError(f"{self.templates}: --templates must be a directory of <method>.txt files")
+
+
+def parse_methods(names: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """Comma lists and group names (in-depth, in-breadth, all) flattened, duplicates dropped, order kept."""
+    chosen: list[str] = []
+    for name in (part.strip() for item in names for part in item.split(",")):
+        if not name:
+            continue
+        if name not in METHODS and name not in METHOD_GROUPS:
+            raise UserError(f"unknown evolution method {name!r}; choose from {', '.join(METHODS)} "
+                            f"or a group ({', '.join(METHOD_GROUPS)})")
+        chosen.extend(m for m in METHOD_GROUPS.get(name, (name,)) if m not in chosen)
+    if not chosen:
+        raise UserError("--methods names no method")
+    return tuple(chosen)
+
+
+class Templates:
+    """The prompts for one language: the bundled files, each replaceable by `<dir>/[zh/]<method>.txt`."""
+
+    def __init__(self, lang: str, directory: Path | None = None):
+        self.lang = lang
+        self.texts = {name: self._load(name, directory) for name in (*METHODS, JUDGE)}
+
+    def _load(self, name: str, directory: Path | None) -> str:
+        relative = f"{name}.txt" if self.lang == "en" else f"{self.lang}/{name}.txt"
+        custom = directory / relative if directory is not None else None
+        if custom is not None and custom.is_file():
+            text, where = custom.read_text(encoding="utf-8"), str(custom)
+        else:
+            text, where = (files("distillery") / "data/templates/evol" / relative).read_text(encoding="utf-8"), name
+        missing = [p for p in _PLACEHOLDERS.get(name, ("{instruction}",)) if p not in text]
+        if missing:
+            raise UserError(f"{where}: template lacks the placeholder {' and '.join(missing)}")
+        return text.rstrip()
+
+    def prompt(self, method: str, instruction: str, data_format: str = "") -> str:
+        return _fill(self.texts[method], instruction=instruction, data_format=data_format)
+
+    def judge(self, first: str, second: str) -> str:
+        return _fill(self.texts[JUDGE], first=first, second=second)
+
+
+def _fill(template: str, **values: str) -> str:
+    """One pass, so an instruction that itself contains "{second}" is never substituted into."""
+    return _FIELD.sub(lambda match: values.get(match.group(1), match.group(0)), template)
+
+
+def choose(seed: int, index: int, round_: int, methods: tuple[str, ...], lang: str) -> tuple[str, str]:
+    """The method (and complicate-input's data format) for one lineage in one round, the same on every run."""
+    rng = random.Random(f"{seed}:{index}:{round_}")
+    return rng.choice(methods), rng.choice(DATA_FORMATS[lang])
+
+
+def seed_instruction(record: dict[str, Any]) -> str:
+    """What WizardLM evolves: the instruction, and its input on a new line when there is one."""
+    extra = (record.get("input") or "").strip()
+    return f"{record['instruction'].strip()}\n{extra}" if extra else record["instruction"].strip()
+
+
+def strip_leaked_header(text: str) -> str:
+    """Models often echo the template's answer marker; drop it where it leads the reply."""
+    return _LEAKED_HEADER.sub("", text.strip(), count=1).strip()
+
+
+def normalise(text: str) -> str:
+    """Case, width, whitespace and punctuation do not make a new instruction."""
+    folded = unicodedata.normalize("NFKC", text).casefold()
+    return "".join(ch for ch in folded if not ch.isspace() and not unicodedata.category(ch).startswith("P"))
+
+
+def judged_equal(reply: str) -> bool | None:
+    """The judge's verdict; "not equal" is looked for first because it contains "equal"."""
+    if _NOT_EQUAL.search(reply):
+        return False
+    if _EQUAL.search(reply):
+        return True
+    return None
+
+
+def word_count(text: str) -> float:
+    cjk = sum(len(run) for run in _CJK.findall(text))
+    return len(_WORD.findall(_CJK.sub(" ", text))) + cjk / 2
+
+
+def is_unchanged(parent: str, evolved: str) -> bool:
+    """Rule 1, first half: the rewrite is the parent again."""
+    return normalise(parent) == normalise(evolved)
+
+
+def is_sorry_short(answer: str) -> bool:
+    """Rule 2: the teacher apologised and said little, so the instruction is too hard or ill-posed."""
+    return bool(_SORRY.search(answer)) and word_count(answer) < SORRY_WORDS
+
+
+def is_only_punctuation_stopwords(answer: str) -> bool:
+    """Rule 3: nothing but punctuation and stop words (an empty answer included)."""
+    if not all(_zh_stopwords_only(run) for run in _CJK.findall(answer)):
+        return False
+    return all(word in EN_STOPWORDS for word in _WORD.findall(_CJK.sub(" ", answer).lower()))
+
+
+def _zh_stopwords_only(run: str) -> bool:
+    """Whether a run of CJK characters splits entirely into stop words (linear, no regex backtracking)."""
+    reachable = {0}
+    for start in range(len(run)):
+        if start not in reachable:
+            continue
+        for end in range(start + 1, min(start + _ZH_LONGEST, len(run)) + 1):
+            if run[start:end] in ZH_STOPWORDS:
+                reachable.add(end)
+    return len(run) in reachable
+
+
+def copies_prompt_markers(instruction: str) -> bool:
+    """Rule 4: the rewrite talks about the evolving prompt instead of being an instruction."""
+    spaced = " ".join(instruction.lower().split())
+    packed = "".join(spaced.split())
+    return any(marker in spaced for marker in EN_MARKERS) or any(marker in packed for marker in ZH_MARKERS)
+
+
+@dataclass
+class Attempt:
+    """One evolution of one lineage in one round, and how it was decided."""
+
+    index: int
+    round: int
+    method: str
+    root: str
+    parent: str
+    instruction: str | None = None
+    output: str | None = None
+    rule: str | None = None
+    detail: str | None = None
+    error: str | None = None
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def passed(self) -> bool:
+        return self.rule is None and self.error is None
+
+    def record(self) -> dict[str, Any]:
+        lineage = {"root": self.root, "parent": self.parent, "round": self.round, "method": self.method}
+        return {"instruction": self.instruction, "input": "", "output": self.output or "", "evol": lineage}
+
+    def rejection(self) -> dict[str, Any]:
+        return {"rule": self.rule, "round": self.round, "method": self.method, "detail": self.detail,
+                "instruction": self.instruction, "output": self.output, "parent": self.parent, "root": self.root}
+
+
+@dataclass
+class EvolResult:
+    written: int
+    evolved: int
+    rejected: int
+    failed: int
+    pending: int
+    replayed: int
+    rounds: list[dict[str, Any]]
+    rules: dict[str, int]
+    stats: RunStats
+    summary_path: Path
+    rejected_path: Path | None
+    failed_path: Path | None
+    stopped: str | None = None
+
+    @property
+    def exit_code(self) -> int:
+        if self.stopped:
+            return EXIT_BUDGET
+        return EXIT_FAILURES if self.failed else 0
+
+
+def evol(options: EvolOptions, progress: bool = True) -> EvolResult:
+    """Evolve every seed for `options.rounds` rounds; the API behind `distillery evol`."""
+    file_format(options.output)
+    options.validate()
+    endpoint = options.endpoint.resolve()
+    templates = Templates(options.lang, options.templates)
+    seeds = load_alpaca(options.input)
+    if endpoint.fresh:
+        remove_state(state_path(options.output))
+    stats = RunStats()
+    run = _Run(options, endpoint, seeds, templates, stats)
+    started = time.monotonic()
+    stopped = None
+    try:
+        asyncio.run(run.all(progress))
+    except BudgetReached as exc:
+        stopped = str(exc)
+    return _write_outputs(run, time.monotonic() - started, stopped)
+
+
+class _Run:
+    def __init__(self, options: EvolOptions, endpoint: EndpointOptions, seeds: list[dict[str, Any]],
+                 templates: Templates, stats: RunStats):
+        self.options = options
+        self.endpoint = endpoint
+        self.seeds = seeds
+        self.roots = [seed_instruction(seed) for seed in seeds]
+        self.templates = templates
+        self.stats = stats
+        self.seed = endpoint.seed or 0
+        self.attempts: dict[tuple[int, int], Attempt] = {}
+        self.replayed = 0
+        self.settings = {
+            "answers": options.answers,
+            "answer_model": options.answer_model or endpoint.model,
+            "answer_system": options.answer_system,
+            "judge": options.judge,
+        }
+
+    async def all(self, progress: bool) -> None:
+        async with self.session(progress):
+            await run_bounded(range(len(self.seeds)), self.lineage, limit=self.llm.options.concurrency * 2)
+
+    @asynccontextmanager
+    async def session(self, progress: bool) -> AsyncIterator[None]:
+        """The clients, the journal replayed so far and the progress bar, for as long as attempts run."""
+        async with AsyncExitStack() as stack:
+            self.llm = await stack.enter_async_context(LLM(self.endpoint, state_path(self.options.output), self.stats))
+            self.answerer = self.llm
+            if self.options.answer_model:
+                answer_endpoint = replace(self.endpoint, model=self.options.answer_model)
+                self.answerer = await stack.enter_async_context(
+                    LLM(answer_endpoint, state_path(self.options.output), self.stats)
+                )
+            self.accepted = Journal(self.llm.cache.connection, "accepted")
+            self.rejected = Journal(self.llm.cache.connection, "rejected")
+            self.decided = {entry["key"]: entry["attempt"] for stream in (self.accepted, self.rejected)
+                            for entry in stream}
+            total = len(self.seeds) * self.options.rounds
+            with RunProgress("evol", total, self.stats, enabled=progress) as self.bar:
+                yield
+
+    async def lineage(self, index: int) -> None:
+        live = self.roots[index]
+        for round_ in range(1, self.options.rounds + 1):
+            live = await self.step(index, round_, live)
+
+    async def step(self, index: int, round_: int, parent: str) -> str:
+        """One round of one lineage; the live instruction afterwards (the parent again if evolution failed)."""
+        attempt = await self.attempt(index, round_, parent)
+        self.attempts[(index, round_)] = attempt
+        self.bar.advance()
+        return attempt.instruction if attempt.passed and attempt.instruction else parent
+
+    async def attempt(self, index: int, round_: int, parent: str) -> Attempt:
+        """Replay the decision if a run already made it, else make it and journal it."""
+        method, data_format = choose(self.seed, index, round_, self.options.methods, self.options.lang)
+        prompt = self.templates.prompt(method, parent, data_format)
+        params = {"seed": self.seed + round_} if self.endpoint.seed is not None else {}
+        request = ChatRequest([{"role": "user", "content": prompt}], sample=round_, params=params)
+        key = self._decision_key(request)
+        if key in self.decided:
+            return self._replay(Attempt(**self.decided[key]), index)
+        attempt = Attempt(index, round_, method, self.roots[index], parent)
+        await self._decide(attempt, request)
+        if attempt.error is None:
+            journal = self.accepted if attempt.passed else self.rejected
+            journal.append({"key": key, "attempt": asdict(attempt)})
+            self.decided[key] = asdict(attempt)
+        return attempt
+
+    def _replay(self, attempt: Attempt, index: int) -> Attempt:
+        """A decision from the journal counts as the cache hits it stands for."""
+        self.replayed += 1
+        self.stats.cached += attempt.requests
+        self.stats.cached_prompt_tokens += attempt.prompt_tokens
+        self.stats.cached_completion_tokens += attempt.completion_tokens
+        return replace(attempt, index=index, root=self.roots[index])
+
+    def _decision_key(self, request: ChatRequest) -> str:
+        """Everything that decides an attempt: its evolution request and how it is judged and answered."""
+        params = {**self.endpoint.generation_params(), **request.params}
+        evolve = canonical_request(self.endpoint.model, request.messages, params, request.sample)
+        judge = self.templates.texts[JUDGE] if self.options.judge else None
+        text = json.dumps({"evolve": evolve, "judge_prompt": judge, **self.settings}, ensure_ascii=False,
+                          sort_keys=True)
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+    async def _decide(self, attempt: Attempt, request: ChatRequest) -> None:
+        """Evolve, then the cheap checks, the judge and the answer checks; stops at the first failure."""
+        reply = await _chat(self.llm, request, attempt)
+        if not reply.ok:
+            attempt.error = f"evolution: {reply.error}"
+            return
+        attempt.instruction = strip_leaked_header(reply.text or "")
+        if not attempt.instruction:
+            attempt.rule = EMPTY_REWRITE
+        elif reply.finish_reason == "length":
+            attempt.rule, attempt.detail = TRUNCATED, "rewrite cut off at --max-tokens"
+        elif is_unchanged(attempt.parent, attempt.instruction):
+            attempt.rule, attempt.detail = NO_INFORMATION_GAIN, "same as the parent"
+        elif copies_prompt_markers(attempt.instruction):
+            attempt.rule = COPIED_PROMPT_MARKERS
+        if attempt.rule:
+            return
+        if self.options.judge:
+            prompt = self.templates.judge(attempt.parent, attempt.instruction)
+            judge = ChatRequest([{"role": "user", "content": prompt}], params=_JUDGE_PARAMS)
+            verdict = await _chat(self.llm, judge, attempt)
+            if not verdict.ok:
+                attempt.error = f"judge: {verdict.error}"
+                return
+            if judged_equal(verdict.text or ""):
+                attempt.rule, attempt.detail = NO_INFORMATION_GAIN, f"judge: {(verdict.text or '').strip()}"
+                return
+        if self.options.answers:
+            await self._answer(attempt)
+
+    async def _answer(self, attempt: Attempt) -> None:
+        system = self.options.answer_system
+        messages = [{"role": "system", "content": system}] if system else []
+        messages.append({"role": "user", "content": attempt.instruction or ""})
+        answer = await _chat(self.answerer, ChatRequest(messages), attempt)
+        if not answer.ok:
+            attempt.error = f"answer: {answer.error}"
+            return
+        attempt.output = answer.text or ""
+        if answer.finish_reason == "length":
+            attempt.rule, attempt.detail = TRUNCATED, "answer cut off at --max-tokens"
+        elif is_sorry_short(attempt.output):
+            attempt.rule = SORRY_SHORT_ANSWER
+        elif is_only_punctuation_stopwords(attempt.output):
+            attempt.rule = ONLY_PUNCTUATION_STOPWORDS
+
+
+async def _chat(llm: LLM, request: ChatRequest, attempt: Attempt) -> ChatResult:
+    """Send, and charge the usage to the attempt so a replayed decision can account for it."""
+    result = await llm.chat(request)
+    attempt.requests += 1
+    attempt.prompt_tokens += result.prompt_tokens
+    attempt.completion_tokens += result.completion_tokens
+    return result
+
+
+def _write_outputs(run: _Run, seconds: float, stopped: str | None) -> EvolResult:
+    """OUTPUT in a fixed order (seeds, then round by round in input order), its side files and the summary."""
+    options = run.options
+    ordered = [run.attempts[key] for key in sorted(run.attempts, key=lambda key: (key[1], key[0]))]
+    records = [_original(seed, root) for seed, root in zip(run.seeds, run.roots, strict=True)
+               if options.keep_original]
+    records += [a.record() for a in ordered if a.passed]
+    rejected = [a.rejection() for a in ordered if a.rule]
+    failed = [{"error": a.error, "round": a.round, "method": a.method, "parent": a.parent, "root": a.root}
+              for a in ordered if a.error]
+    write_records(options.output, records)
+    rounds = {r: StageStats(f"round {r}") for r in range(1, options.rounds + 1)}
+    methods = {m: StageStats(m) for m in options.methods}
+    for attempt in ordered:
+        for stage in (rounds[attempt.round], methods[attempt.method]):
+            stage.seen += 1
+            stage.kept += attempt.passed
+            if not attempt.passed:
+                stage.dropped[attempt.rule or "request_failed"] += 1
+    result = EvolResult(
+        written=len(records), evolved=sum(a.passed for a in ordered), rejected=len(rejected), failed=len(failed),
+        pending=len(run.seeds) * options.rounds - len(ordered), replayed=run.replayed,
+        rounds=[{"round": r, **stage.as_dict(), "pass_rate": _rate(stage)} for r, stage in rounds.items()],
+        rules=dict(Counter(a.rule for a in ordered if a.rule).most_common()), stats=run.stats,
+        summary_path=sidecar(options.output, ".summary.json"),
+        rejected_path=_write_sidecar(options.output, ".rejected.jsonl", rejected),
+        failed_path=_write_sidecar(options.output, ".failed.jsonl", failed), stopped=stopped,
+    )
+    write_json(result.summary_path, {
+        "command": "evol",
+        "input": str(options.input),
+        "output": str(options.output),
+        "model": run.endpoint.model,
+        "answer_model": run.settings["answer_model"] if options.answers else None,
+        "lang": options.lang,
+        "methods": list(options.methods),
+        "rounds": options.rounds,
+        "seed": run.seed,
+        "judge": options.judge,
+        "seeds": len(run.seeds),
+        "records_written": result.written,
+        "evolved": result.evolved,
+        "rejected": result.rules,
+        "failed": result.failed,
+        "pending": result.pending,
+        "replayed": result.replayed,
+        "stopped": stopped,
+        "seconds": round(seconds, 3),
+        "per_round": result.rounds,
+        "per_method": {m: {**stage.as_dict(), "pass_rate": _rate(stage)} for m, stage in methods.items()},
+        "requests": run.stats.as_dict(),
+    })
+    return result
+
+
+def _original(seed: dict[str, Any], root: str) -> dict[str, Any]:
+    output = seed.get("output")
+    return {"instruction": seed["instruction"], "input": seed.get("input") or "",
+            "output": output if isinstance(output, str) else "",
+            "evol": {"root": root, "parent": None, "round": 0, "method": None}}
+
+
+def _write_sidecar(output: Path, suffix: str, rows: list[dict[str, Any]]) -> Path | None:
+    path = sidecar(output, suffix)
+    if not rows:
+        path.unlink(missing_ok=True)
+        return None
+    write_records(path, rows, layout="jsonl")
+    return path
+
+
+def _rate(stage: StageStats) -> float | None:
+    return round(stage.kept / stage.seen, 4) if stage.seen else None

@@ -1,0 +1,626 @@
+"""One self-contained HTML page that shows what a dataset is, for one input or several side by side.
+
+Each input is read once, streaming: counts, lengths and leading verbs are aggregated over every record,
+and a seeded reservoir sample feeds what is too costly for all of them (language identification,
+all-pairs ROUGE-L) and the examples table. Charts are finished SVG and the examples are escaped JSON, so
+the page loads nothing, runs only its own script (a Content-Security-Policy pins it by hash), and stays
+small for 100K records.
+
+Lengths are tokens with a tokenizer; without one, words, where each CJK character counts as one word.
+
+Rejections are read from files beside INPUT: `INPUT.summary.json` (a run summary) and
+`INPUT.rejected.jsonl` (one dropped record per line), or from the files named by `--summary` and
+`--rejected`. A summary holding a list of stages `{stage, in, out, dropped: {reason: n}}` (as
+`pipeline.StageStats.as_dict` writes, anywhere in the document) gives the funnel; a summary with a
+top-level `rejected` or `dropped` map of reason to count gives a one-stage funnel; otherwise the funnel is
+rebuilt from the rejected file, stages in order of first appearance, from each line's `stage` (or
+`round`) and `reason` (or `rule`); lines of `dedup --rejected` (`most_similar`, `score`) count as stage
+"dedup", reason "near-duplicate".
+"""
+
+from __future__ import annotations
+
+import base64
+import bisect
+import hashlib
+import json
+import os
+import random
+import re
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from markupsafe import Markup
+
+from distillery import __version__, charts
+from distillery.charts import Ring, Stage
+from distillery.dedup import RougeIndex, normalize
+from distillery.errors import InputError, UserError
+from distillery.formats import ALPACA, detect_format, to_messages
+from distillery.io import iter_located, sidecar
+from distillery.langid import detect_languages
+from distillery.tokens import TokenCounter
+from distillery.verbs import verb_object
+
+FIELDS = ("instruction", "input", "output")
+_CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3040-\u30ff\uac00-\ud7af"
+_CJK_CHAR = re.compile(f"[{_CJK}]")
+_WORD = re.compile(f"[^\\s{_CJK}]*[^\\W{_CJK}][^\\s{_CJK}]*")  # a run holding a letter or digit
+_TEXT_CLIP = 4000
+_SHOW_CLIP = 1200
+_PAIR_CLIP = 400
+_ROUGE_BINS = 20
+_CLOSEST_PAIRS = 20
+_REJECTED_EXAMPLES = 3
+_TOP_LANGUAGES = 8
+_LANG_CLIP = 300  # lingua's cost grows with length; the opening of a text tells its language
+
+
+@dataclass
+class ReportOptions:
+    """What to read and how much of it to sample; the defaults keep a 100K-record page under 10 MB."""
+
+    inputs: list[Path]
+    output: Path = Path("report.html")
+    tokenizer: str | None = None
+    sample: int = 1000
+    dup_sample: int = 2000
+    lang_sample: int = 2000
+    rejected: list[Path] = field(default_factory=list)
+    summaries: list[Path] = field(default_factory=list)
+    top_verbs: int = 20
+    objects_per_verb: int = 4
+    short_output: int = 5
+    seed: int = 0
+    title: str = "distillery report"
+
+    def __post_init__(self) -> None:
+        self.inputs = [Path(p) for p in self.inputs]
+        self.output = Path(self.output)
+        if not self.inputs:
+            raise UserError("give at least one INPUT file")
+        for name in ("sample", "dup_sample", "lang_sample", "short_output"):
+            if getattr(self, name) < 0:
+                raise UserError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(self, name)}")
+        if self.top_verbs < 1 or self.objects_per_verb < 0:
+            raise UserError("top_verbs must be at least 1 and objects_per_verb at least 0")
+        for flag, paths in (("--rejected", self.rejected), ("--summary", self.summaries)):
+            if len(paths) > len(self.inputs):
+                raise UserError(f"{len(paths)} {flag} files for {len(self.inputs)} inputs; give at most one per INPUT")
+        if self.output.suffix.lower() not in (".html", ".htm"):
+            raise UserError(f"{self.output}: the report is HTML; name it with .html")
+        if self.output.is_dir():
+            raise UserError(f"{self.output} is a directory; give a file name such as report.html")
+        if any(self.output.resolve() == p.resolve() for p in self.inputs):
+            raise UserError(f"{self.output} is also an INPUT; refusing to overwrite it")
+
+
+@dataclass
+class Row:
+    """A sampled record as the page shows it."""
+
+    number: int
+    layout: str
+    instruction: str
+    input: str
+    output: str
+    turns: int | None
+    verb: str | None
+    obj: str | None
+    lengths: tuple[int, int, int]
+    lang: str | None = None
+    response_lang: str | None = None
+    max_rouge: float | None = None
+
+
+@dataclass
+class Rejections:
+    """Why records were dropped before they reached INPUT."""
+
+    sources: list[Path]
+    stages: list[Stage]
+    examples: dict[str, list[str]]
+    figures: list[tuple[str, str]]
+
+    @property
+    def total(self) -> int:
+        return sum(sum(stage.dropped.values()) for stage in self.stages)
+
+
+@dataclass
+class Profile:
+    """Everything the report shows about one input."""
+
+    name: str
+    path: Path
+    records: int = 0
+    formats: Counter = field(default_factory=Counter)
+    turns: Counter = field(default_factory=Counter)
+    empty_instruction: int = 0
+    empty_output: int = 0
+    short_output: int = 0
+    exact_duplicates: int = 0
+    lengths: dict[str, list[int]] = field(default_factory=lambda: {name: [] for name in FIELDS})
+    verbs: Counter = field(default_factory=Counter)
+    pairs: Counter = field(default_factory=Counter)
+    sample: list[Row] = field(default_factory=list)
+    prompt_langs: Counter = field(default_factory=Counter)
+    response_langs: Counter = field(default_factory=Counter)
+    lang_mismatch: int = 0
+    dup_scores: list[float] = field(default_factory=list)
+    closest: list[tuple[float, str, str]] = field(default_factory=list)
+    rejections: Rejections | None = None
+    rejection_files: list[Path] = field(default_factory=list)
+
+    @property
+    def with_verb(self) -> int:
+        return sum(self.verbs.values())
+
+    def median(self, name: str) -> int:
+        values = sorted(self.lengths[name])
+        return values[len(values) // 2] if values else 0
+
+    @property
+    def mean_turns(self) -> float:
+        return sum(k * n for k, n in self.turns.items()) / self.turns.total() if self.turns else 0.0
+
+    @property
+    def near_dup_share(self) -> float:
+        return sum(score > 0.7 for score in self.dup_scores) / len(self.dup_scores) if self.dup_scores else 0.0
+
+
+@dataclass
+class Report:
+    path: Path
+    size: int
+    seconds: float
+    unit: str
+    profiles: list[Profile]
+
+
+class _Measure:
+    """Length of a text: tokens with a tokenizer, else words with each CJK character counted as one."""
+
+    def __init__(self, counter: TokenCounter):
+        self.counter = counter
+        self.unit = "tokens" if counter.exact else "words"
+
+    def __call__(self, text: str) -> int:
+        if not text:
+            return 0
+        if self.counter.exact:
+            return self.counter.count(text)
+        return len(_CJK_CHAR.findall(text)) + len(_WORD.findall(text))
+
+
+def _string(record: dict[str, Any], key: str, where: str) -> str:
+    value = record.get(key)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise InputError(where, f"'{key}' is {type(value).__name__}, expected a string")
+    return value
+
+
+def _texts(record: dict[str, Any], where: str) -> tuple[str, str, str, str, int | None]:
+    """(layout, instruction, input, output, turns): conversations show their first exchange."""
+    layout = detect_format(record, where)
+    if layout == ALPACA:
+        return layout, _string(record, "instruction", where), _string(record, "input", where), \
+            _string(record, "output", where), None
+    try:
+        turns = [(m["role"], m["content"], bool(m.get("tool_calls")))
+                 for m in to_messages(record, where) if m["role"] != "system"]
+    except InputError:
+        turns = _raw_turns(record, where)
+    instruction = output = ""
+    for position, (role, content, _) in enumerate(turns):
+        if role == "user":
+            instruction = content
+            answers = (text for role, text, calls in turns[position + 1:] if role == "assistant" and not calls)
+            output = next(answers, "")
+            break
+    return layout, instruction, "", output, len(turns)
+
+
+def _raw_turns(record: dict[str, Any], where: str) -> list[tuple[str, str, bool]]:
+    """Raw dumps (roles such as chatgpt or bard, stray system turns) are shown as clean reads them."""
+    from distillery.clean import GPT, HUMAN, normalize_record
+
+    roles = {HUMAN: "user", GPT: "assistant"}
+    turns = normalize_record(record, where, 0)["conversations"]
+    return [(roles.get(turn["from"], turn["from"]), turn["value"], False) for turn in turns]
+
+
+def _display_names(paths: list[Path]) -> list[str]:
+    names = [p.name for p in paths]
+    return [str(p) if names.count(p.name) > 1 else p.name for p in paths]
+
+
+def _profile(path: Path, name: str, options: ReportOptions, measure: _Measure) -> Profile:
+    profile = Profile(name=name, path=path)
+    rng = random.Random(options.seed)
+    keep = max(options.sample, options.dup_sample, options.lang_sample)
+    seen_keys: set[int] = set()
+    for number, (where, record) in enumerate(iter_located(path), start=1):
+        layout, instruction, given, output, turns = _texts(record, where)
+        lengths = (measure(instruction), measure(given), measure(output))
+        profile.records = number
+        profile.formats[layout] += 1
+        if turns is not None:
+            profile.turns[turns] += 1
+        profile.lengths["instruction"].append(lengths[0])
+        if given.strip():
+            profile.lengths["input"].append(lengths[1])
+        profile.lengths["output"].append(lengths[2])
+        profile.empty_instruction += not instruction.strip()
+        profile.empty_output += not output.strip()
+        profile.short_output += 0 < lengths[2] < options.short_output and bool(output.strip())
+        key = hash(normalize(instruction + "\n" + given))
+        profile.exact_duplicates += key in seen_keys
+        seen_keys.add(key)
+        verb, obj = verb_object(instruction)
+        if verb is not None:
+            profile.verbs[verb] += 1
+            profile.pairs[verb, obj] += 1
+        slot = number - 1 if number <= keep else rng.randrange(number)
+        if slot < keep:
+            row = Row(number, layout, instruction[:_TEXT_CLIP], given[:_TEXT_CLIP], output[:_TEXT_CLIP], turns,
+                      verb, obj, lengths)
+            if number <= keep:
+                profile.sample.append(row)
+            else:
+                profile.sample[slot] = row
+    if not profile.records:
+        raise InputError(path, "holds no records")
+    rng.shuffle(profile.sample)
+    return profile
+
+
+def _detect_languages(profiles: list[Profile], size: int) -> None:
+    """One lingua batch for every input: prompts and responses of each input's language sample."""
+    chosen = [p.sample[:size] for p in profiles]
+    prompts = [f"{row.instruction}\n{row.input}"[:_LANG_CLIP] for rows in chosen for row in rows]
+    responses = [row.output[:_LANG_CLIP] for rows in chosen for row in rows]
+    if not prompts:
+        return
+    codes = detect_languages(prompts + responses)
+    prompt_codes, response_codes = codes[: len(prompts)], codes[len(prompts):]
+    position = 0
+    for profile, rows in zip(profiles, chosen, strict=True):
+        for row in rows:
+            row.lang, row.response_lang = prompt_codes[position], response_codes[position]
+            profile.prompt_langs[row.lang or "none"] += 1
+            profile.response_langs[row.response_lang or "none"] += 1
+            profile.lang_mismatch += bool(row.lang and row.response_lang and row.lang != row.response_lang)
+            position += 1
+
+
+def _near_duplicates(profile: Profile, size: int) -> None:
+    """Each sampled instruction's best ROUGE-L F against every other one, and the closest pairs."""
+    rows = profile.sample[:size]
+    if len(rows) < 2:
+        return
+    index = RougeIndex()
+    for row in rows:
+        index.add(row.instruction)
+    pairs: dict[tuple[int, int], float] = {}
+    for i, row in enumerate(rows):
+        scores = index.scores(row.instruction)
+        scores[i] = -1.0
+        best = int(scores.argmax())
+        row.max_rouge = float(scores[best])
+        profile.dup_scores.append(row.max_rouge)
+        pairs[min(i, best), max(i, best)] = row.max_rouge
+    top = sorted(pairs.items(), key=lambda item: (-item[1], item[0]))[:_CLOSEST_PAIRS]
+    profile.closest = [(score, rows[a].instruction[:_PAIR_CLIP], rows[b].instruction[:_PAIR_CLIP])
+                       for (a, b), score in top]
+
+
+def _rejected_text(record: dict[str, Any]) -> str:
+    for candidate in (record, record.get("record")):
+        if isinstance(candidate, dict):
+            try:
+                return _texts(candidate, "rejected record")[1] or json.dumps(candidate, ensure_ascii=False)
+            except UserError:
+                continue
+    return json.dumps(record, ensure_ascii=False)
+
+
+def _stage_of(record: dict[str, Any]) -> str:
+    if record.get("stage"):
+        return str(record["stage"])
+    if record.get("round") is not None:
+        return f"round {record['round']}"
+    return "dedup" if "most_similar" in record else "rejected"
+
+
+def _reason_of(record: dict[str, Any]) -> str:
+    if record.get("reason") or record.get("rule"):
+        return str(record.get("reason") or record.get("rule"))
+    return "near-duplicate" if "most_similar" in record else "unknown"
+
+
+def _read_rejected(path: Path) -> tuple[dict[str, Counter], dict[str, list[str]]]:
+    by_stage: dict[str, Counter] = {}
+    examples: dict[str, list[str]] = {}
+    for _, record in iter_located(path):
+        reason = _reason_of(record)
+        by_stage.setdefault(_stage_of(record), Counter())[reason] += 1
+        shown = examples.setdefault(reason, [])
+        if len(shown) < _REJECTED_EXAMPLES:
+            shown.append(_rejected_text(record)[:_SHOW_CLIP])
+    return by_stage, examples
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def _stage_list(doc: Any, depth: int = 0) -> list[Stage]:
+    """The first list of `{stage, in, out, dropped}` objects anywhere in a summary document."""
+    if isinstance(doc, list) and doc and all(isinstance(item, dict) for item in doc):
+        stages = [_stage(item) for item in doc]
+        if all(stage is not None for stage in stages):
+            return stages  # type: ignore[return-value]
+    if depth < 3:
+        children = doc.values() if isinstance(doc, dict) else doc if isinstance(doc, list) else []
+        for child in children:
+            found = _stage_list(child, depth + 1)
+            if found:
+                return found
+    return []
+
+
+def _stage(item: dict[str, Any]) -> Stage | None:
+    name = item.get("stage", item.get("name"))
+    seen, kept = _int(item.get("in", item.get("seen"))), _int(item.get("out", item.get("kept")))
+    dropped = item.get("dropped", {})
+    if isinstance(dropped, int):
+        dropped = {"dropped": dropped}
+    if name is None or seen is None or kept is None or not isinstance(dropped, dict):
+        return None
+    return Stage(str(name), seen, kept, {str(k): v for k, v in dropped.items() if _int(v)})
+
+
+def _reason_map(doc: dict[str, Any]) -> dict[str, int]:
+    for key in ("rejected", "dropped"):
+        value = doc.get(key)
+        if isinstance(value, dict) and value and all(_int(v) is not None for v in value.values()):
+            return {str(k): v for k, v in value.items()}
+    return {}
+
+
+def _figures(doc: Any) -> list[tuple[str, str]]:
+    """Scalar entries of a summary (requests, tokens, cost...), one level of nesting flattened."""
+    if not isinstance(doc, dict):
+        return []
+    found = []
+    for key, value in doc.items():
+        nested = value.items() if isinstance(value, dict) else [("", value)]
+        for sub, item in nested:
+            if isinstance(item, (int, float, str, bool)) and len(str(item)) <= 80:
+                found.append((f"{key}.{sub}" if sub else str(key), f"{item:,}" if _int(item) else str(item)))
+    return found[:24]
+
+
+def _read_summary(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(path, "no such file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(path, f"not a JSON run summary: {exc}") from None
+
+
+def _rejections(profile: Profile, summary: Path | None, rejected: Path | None) -> Rejections | None:
+    summary = summary or _existing(sidecar(profile.path, ".summary.json"))
+    rejected = rejected or _existing(sidecar(profile.path, ".rejected.jsonl"))
+    profile.rejection_files = [sidecar(profile.path, ".summary.json"), sidecar(profile.path, ".rejected.jsonl")]
+    if summary is None and rejected is None:
+        return None
+    doc = _read_summary(summary) if summary else None
+    by_stage, examples = _read_rejected(rejected) if rejected else ({}, {})
+    stages = _stage_list(doc)
+    if not stages and isinstance(doc, dict) and _reason_map(doc):
+        reasons = _reason_map(doc)
+        kept = next((v for k in ("accepted", "kept", "out") if (v := _int(doc.get(k))) is not None),
+                    profile.records)
+        stages = [Stage("run", kept + sum(reasons.values()), kept, reasons)]
+    if not stages:
+        stages = _rebuild_stages(by_stage, profile.records)
+    return Rejections([p for p in (summary, rejected) if p], stages, examples, _figures(doc))
+
+
+def _existing(path: Path) -> Path | None:
+    return path if path.is_file() else None
+
+
+def _rebuild_stages(by_stage: dict[str, Counter], final: int) -> list[Stage]:
+    """Walk back from the records that survived: each stage's input is its output plus its drops."""
+    stages: list[Stage] = []
+    out = final
+    for name, reasons in reversed(list(by_stage.items())):
+        seen = out + sum(reasons.values())
+        stages.append(Stage(name, seen, out, dict(reasons)))
+        out = seen
+    return stages[::-1]
+
+
+def collect(options: ReportOptions) -> list[Profile]:
+    """Read every input and compute what the page shows."""
+    measure = _Measure(TokenCounter.from_option(options.tokenizer))
+    names = _display_names(options.inputs)
+    profiles = [_profile(path, name, options, measure) for path, name in zip(options.inputs, names, strict=True)]
+    _detect_languages(profiles, options.lang_sample)
+    for position, profile in enumerate(profiles):
+        _near_duplicates(profile, options.dup_sample)
+        summary = options.summaries[position] if position < len(options.summaries) else None
+        rejected = options.rejected[position] if position < len(options.rejected) else None
+        profile.rejections = _rejections(profile, summary, rejected)
+    return profiles
+
+
+def build_report(options: ReportOptions) -> Report:
+    """Write the HTML page atomically; nothing is written if any input is bad."""
+    start = time.perf_counter()
+    profiles = collect(options)
+    unit = "tokens" if options.tokenizer else "words"
+    page = render(profiles, options, unit)
+    _write_atomic(options.output, page)
+    return Report(options.output, len(page.encode("utf-8")), time.perf_counter() - start, unit, profiles)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        temp.write_text(text, encoding="utf-8")
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def _edges(top: int) -> list[int]:
+    """Bin edges 0 1 2 3 4 6 8 12 16 24…: two bins per doubling, so a long tail and short texts both show."""
+    edges, power = [0, 1, 2, 3], 4
+    while edges[-1] <= top:
+        edges += [power, power * 3 // 2]
+        power *= 2
+    while len(edges) > 2 and edges[-2] > top:
+        edges.pop()
+    return edges
+
+
+def _percentile(values: list[int], share: float) -> int:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))] if ordered else 0
+
+
+def _length_charts(profiles: list[Profile], name: str, unit: str) -> list[dict[str, Any]]:
+    """Histograms on shared logarithmic bins, so inputs compare at a glance whatever their tails."""
+    edges = _edges(max((max(p.lengths[name], default=0) for p in profiles), default=0))
+    labels = [f"{lo}" if hi - lo == 1 else f"{lo}–{hi - 1}" for lo, hi in zip(edges, edges[1:], strict=False)]
+    panels = []
+    for index, profile in enumerate(profiles):
+        values = profile.lengths[name]
+        counts = [0] * len(labels)
+        for value in values:
+            counts[bisect.bisect_right(edges, value) - 1] += 1
+        panels.append({
+            "name": profile.name, "color": charts.color(index), "count": len(values),
+            "median": _percentile(values, 0.5), "p90": _percentile(values, 0.9), "max": max(values, default=0),
+            "svg": Markup(charts.bars(labels, counts, charts.color(index), f"{name} length in {unit}: {profile.name}",
+                                      unit="records")) if values else None,
+        })
+    return panels
+
+
+def _top_with_rest(counter: Counter, most: int) -> list[tuple[str, int]]:
+    top = counter.most_common(most)
+    rest = sum(counter.values()) - sum(count for _, count in top)
+    return top + ([("other", rest)] if rest else [])
+
+
+def _turns_chart(profile: Profile, index: int) -> Markup | None:
+    if not profile.turns:
+        return None
+    cap = 20
+    labels = [str(k) for k in range(1, cap + 1)] + [f">{cap}"]
+    counts = [profile.turns.get(k, 0) for k in range(1, cap + 1)]
+    counts.append(sum(v for k, v in profile.turns.items() if k > cap))
+    while len(counts) > 2 and counts[-1] == 0:
+        counts.pop()
+        labels.pop()
+    return Markup(charts.bars(labels, counts, charts.color(index), f"turns per conversation: {profile.name}",
+                              unit="conversations"))
+
+
+def _rings(profile: Profile, options: ReportOptions) -> list[Ring]:
+    rings = []
+    for verb, count in profile.verbs.most_common(options.top_verbs):
+        rings.append(Ring(verb, count, _objects(profile, verb).most_common(options.objects_per_verb)))
+    return rings
+
+
+def _objects(profile: Profile, verb: str) -> Counter:
+    return Counter({obj: n for (v, obj), n in profile.pairs.items() if v == verb and obj is not None})
+
+
+def _rouge_chart(profile: Profile, index: int) -> Markup | None:
+    if not profile.dup_scores:
+        return None
+    step = 1 / _ROUGE_BINS
+    counts = [0] * _ROUGE_BINS
+    for score in profile.dup_scores:
+        counts[min(int(score * _ROUGE_BINS), _ROUGE_BINS - 1)] += 1
+    labels = [f"{k * step:.2f}" for k in range(_ROUGE_BINS)]
+    return Markup(charts.bars(labels, counts, charts.color(index), f"max ROUGE-L per instruction: {profile.name}",
+                              unit="instructions"))
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= _SHOW_CLIP else text[:_SHOW_CLIP] + " …"
+
+
+def _examples_json(profiles: list[Profile], size: int) -> Markup:
+    """The table's rows as JSON that is safe inside <script>: no '<', '>' or '&' survives unescaped."""
+    rows = []
+    for index, profile in enumerate(profiles):
+        for row in sorted(profile.sample[:size], key=lambda r: r.number):
+            rows.append({
+                "src": index, "n": row.number, "fmt": row.layout, "turns": row.turns,
+                "ins": _clip(row.instruction), "inp": _clip(row.input), "out": _clip(row.output),
+                "lang": row.lang, "rlang": row.response_lang,
+                "verb": " → ".join(part for part in (row.verb, row.obj) if part),
+                "len": list(row.lengths), "rouge": None if row.max_rouge is None else round(row.max_rouge, 3),
+            })
+    text = json.dumps({"inputs": [p.name for p in profiles], "rows": rows}, ensure_ascii=False)
+    return Markup(text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026"))
+
+
+def _asset(name: str) -> str:
+    return resources.files("distillery").joinpath("data", "report", name).read_text(encoding="utf-8")
+
+
+def render(profiles: list[Profile], options: ReportOptions, unit: str) -> str:
+    """The page as one string; the inline script is allowed by its hash and nothing else runs."""
+    import jinja2
+
+    script = _asset("report.js")
+    digest = base64.b64encode(hashlib.sha256(script.encode("utf-8")).digest()).decode("ascii")
+    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True,
+                             lstrip_blocks=True)
+    template = env.from_string(_asset("report.html.j2"))
+    views = []
+    for index, profile in enumerate(profiles):
+        views.append({
+            "p": profile, "color": charts.color(index),
+            "turns_svg": _turns_chart(profile, index),
+            "prompt_langs_svg": Markup(charts.hbars(_top_with_rest(profile.prompt_langs, _TOP_LANGUAGES),
+                                                    charts.color(index), f"prompt languages: {profile.name}")),
+            "response_langs_svg": Markup(charts.hbars(_top_with_rest(profile.response_langs, _TOP_LANGUAGES),
+                                                      charts.color(index), f"response languages: {profile.name}")),
+            "sunburst_svg": Markup(charts.sunburst(_rings(profile, options), f"verbs and objects: {profile.name}"))
+            if profile.verbs else None,
+            "top_verbs": [(verb, count, _objects_of(profile, verb)) for verb, count in profile.verbs.most_common(10)],
+            "rouge_svg": _rouge_chart(profile, index),
+            "funnel_svg": Markup(charts.funnel(profile.rejections.stages, f"rejections: {profile.name}"))
+            if profile.rejections and profile.rejections.stages else None,
+        })
+    return template.render(
+        title=options.title, version=__version__, views=views, unit=unit, options=options,
+        generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        lengths=[(name, _length_charts(profiles, name, unit)) for name in FIELDS],
+        examples=_examples_json(profiles, options.sample), css=Markup(_asset("report.css")),
+        script=Markup(script), script_hash=digest, clip=_SHOW_CLIP,
+    )
+
+
+def _objects_of(profile: Profile, verb: str) -> str:
+    return ", ".join(f"{obj} ({n})" for obj, n in _objects(profile, verb).most_common(5))

@@ -1,0 +1,733 @@
+"""`distillery self-instruct`: the Alpaca recipe, with the constraints a user asks for actually enforced.
+
+Each request shows the teacher a few seed tasks (and optionally some already accepted ones) as numbered
+`Instruction / Input / Output` blocks and lets it continue the list. Answers are parsed tolerantly, run
+through Alpaca's filters plus a language check and, for text-to-SQL, a validator that runs every query on
+its schema, and then through ROUGE-L near-duplicate removal against the seeds and everything kept so far.
+
+Resuming is exact. Requests are numbered; each one's messages are journaled before it is sent, and a
+response is processed in one SQLite transaction that journals its accepted and rejected items and marks
+the request done. A re-run replays the journal, rebuilds the dedup index, re-issues journaled requests
+that were never processed with identical messages (so answered ones come from the cache), and numbers new
+requests after the last one issued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+import sqlite3
+import string
+import time
+import unicodedata
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from distillery.cache import remove_state, state_path
+from distillery.cost import RunStats
+from distillery.dedup import RougeIndex
+from distillery.errors import InputError, UserError
+from distillery.io import file_format, iter_located, sidecar, write_json, write_records
+from distillery.journal import Journal
+from distillery.langid import detect_language, known_code
+from distillery.llm import LLM, BudgetReached, ChatRequest, ChatResult, EndpointOptions, run_bounded
+from distillery.pipeline import Filter, Step, run_pipeline
+from distillery.progress import RunProgress
+from distillery.sql_check import check_sql, strip_fence
+
+Record = dict[str, Any]
+
+EXIT_INCOMPLETE = 3
+EXIT_BUDGET = 4
+GENERAL, TEXT_TO_SQL = "general", "text-to-sql"
+TASK_TYPES = (GENERAL, TEXT_TO_SQL)
+RECIPE_DEFAULTS = {"temperature": 1.0, "top_p": 1.0, "max_tokens": 3072}
+
+BLOCKLIST_EN = (
+    "image", "images", "graph", "graphs", "picture", "pictures", "file", "files", "map", "maps",
+    "draw", "plot", "go to", "video", "audio", "music", "flowchart", "diagram",
+)
+BLOCKLIST_ZH = ("图片", "图像", "照片", "视频", "音频", "文件", "图表", "流程图", "画一", "链接")
+CHARACTER_LANGS = {"zh", "ja", "ko"}  # instruction length is counted in characters, not words
+LENGTH_DEFAULTS = {"words": (4, 150), "characters": (6, 300)}  # Alpaca drops <= 3 and > 150 words
+
+_SHORT_LETTERS = 20  # below this, lingua guesses ("Yes" -> Tsonga); short ASCII text passes for English
+_STALL_LIMIT = 100  # answers in a row without one accepted record: the run cannot progress
+_MIN_FAILURE_LIMIT = 10
+_TOP_SIMILAR = 10
+_TEMPLATES = resources.files("distillery") / "data" / "templates"
+_SEEDS = resources.files("distillery") / "data" / "seeds"
+_LABEL = re.compile(
+    r"^[ \t>*#]*(\d+)[ \t]*[.．、)）][ \t*]*(instruction|input|output|指令|输入|输出)[ \t*]*[:：][ \t*]*",
+    re.I | re.M,
+)
+_KINDS = {"instruction": "instruction", "input": "input", "output": "output",
+          "指令": "instruction", "输入": "input", "输出": "output"}
+_BLOCK = ("instruction", "input", "output")
+_SEPARATOR_LINES = re.compile(r"^[ \t]*#{3,}[ \t]*$", re.M)
+_NO_INPUT = re.compile(r"^[<《（(]?\s*(no\s*-?\s*input|无输入)\s*[>》）)]?$", re.I)
+_HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+_REQUIREMENT_NUMBER = re.compile(r"^\s*(\d+)\s*[.．、]", re.M)
+
+
+@dataclass(frozen=True)
+class Labels:
+    instruction: str
+    input: str
+    output: str
+    no_input: str
+    colon: str
+
+
+EN_LABELS = Labels("Instruction", "Input", "Output", "<noinput>", ": ")
+ZH_LABELS = Labels("指令", "输入", "输出", "<无输入>", "：")
+
+
+@dataclass
+class SelfInstructOptions:
+    """Everything a Self-Instruct run needs; the CLI maps its flags onto this and nothing else."""
+
+    output: Path
+    num: int = 100
+    seeds: str | None = None
+    lang: str = "en"
+    task_type: str = GENERAL
+    template: Path | None = None
+    prompt_examples: int = 3
+    machine_examples: int = 0
+    tasks_per_request: int = 20
+    constraints: list[str] = field(default_factory=list)
+    rouge_threshold: float = 0.7
+    min_length: int | None = None
+    max_length: int | None = None
+    block: list[str] = field(default_factory=list)
+    default_blocklist: bool = True
+    with_meta: bool = False
+    endpoint: EndpointOptions = field(default_factory=lambda: EndpointOptions(**RECIPE_DEFAULTS))
+
+    def validate(self) -> None:
+        """Reject impossible settings before anything is read, sent or written."""
+        if file_format(self.output) not in ("json", "jsonl"):
+            raise UserError(f"{self.output}: self-instruct writes a JSON list (.json) or JSON Lines (.jsonl)")
+        if self.num < 1:
+            raise UserError("--num must be at least 1")
+        if self.task_type not in TASK_TYPES:
+            raise UserError(f"unknown --task-type {self.task_type!r}; use one of {', '.join(TASK_TYPES)}")
+        if not known_code(self.lang):
+            raise UserError(f"unknown --lang {self.lang!r}; use an ISO 639-1 code such as en or zh")
+        if self.lang not in ("en", "zh") and (self.template is None or self.seeds is None):
+            raise UserError(f"--lang {self.lang} has no built-in template or seeds: pass --template and --seeds")
+        if self.prompt_examples < 1 or self.machine_examples < 0:
+            raise UserError("--prompt-examples must be at least 1 and --machine-examples at least 0")
+        if self.tasks_per_request <= self.prompt_examples + self.machine_examples:
+            raise UserError("--tasks-per-request must exceed --prompt-examples plus --machine-examples, "
+                            "since the examples are the first tasks of the list")
+        if not 0.0 <= self.rouge_threshold <= 1.0:
+            raise UserError("--rouge-threshold must be between 0 and 1")
+        low, high = self.length_bounds
+        if low < 1 or high < low:
+            raise UserError("--min-length must be at least 1 and at most --max-length")
+
+    @property
+    def unit(self) -> str:
+        return "characters" if self.lang in CHARACTER_LANGS else "words"
+
+    @property
+    def length_bounds(self) -> tuple[int, int]:
+        low, high = LENGTH_DEFAULTS[self.unit]
+        return (self.min_length if self.min_length is not None else low,
+                self.max_length if self.max_length is not None else high)
+
+    @property
+    def blocklist(self) -> list[str]:
+        defaults = (BLOCKLIST_ZH if self.lang == "zh" else BLOCKLIST_EN) if self.default_blocklist else ()
+        return [*defaults, *(word.strip() for word in self.block if word.strip())]
+
+    @property
+    def seed_spec(self) -> str:
+        if self.seeds is not None:
+            return self.seeds
+        return "builtin:sql" if self.task_type == TEXT_TO_SQL else f"builtin:{self.lang}"
+
+    @property
+    def labels(self) -> Labels:
+        return ZH_LABELS if self.lang == "zh" else EN_LABELS
+
+
+@dataclass
+class SelfInstructResult:
+    written: int
+    rejected: int
+    stats: RunStats
+    summary_path: Path
+    rejected_path: Path | None
+    stopped: str | None = None
+    budget: bool = False
+
+    @property
+    def exit_code(self) -> int:
+        if self.budget:
+            return EXIT_BUDGET
+        return EXIT_INCOMPLETE if self.stopped else 0
+
+
+# Seeds and templates
+
+
+def load_seeds(spec: str) -> list[Record]:
+    """`builtin:NAME` or a file of Alpaca seed tasks (JSONL, `instances`) or Alpaca records, told apart by
+    content; each becomes {instruction, input, output}."""
+    if spec.startswith("builtin:"):
+        name = spec.removeprefix("builtin:")
+        resource = _SEEDS / f"{name}.jsonl"
+        if not resource.is_file():
+            known = sorted(f"builtin:{p.name.removesuffix('.jsonl')}" for p in _SEEDS.iterdir()) \
+                if _SEEDS.is_dir() else []
+            raise UserError(f"unknown seed set {spec!r}; built-in sets: {', '.join(known) or 'none installed'}")
+        with resources.as_file(resource) as path:
+            return _read_seeds(path)
+    return _read_seeds(Path(spec))
+
+
+def _read_seeds(path: Path) -> list[Record]:
+    seeds = []
+    for where, record in iter_located(path):
+        task = record["instances"][0] if record.get("instances") else record
+        if "instances" in record and not record["instances"]:
+            raise InputError(where, "seed task has an empty 'instances' list")
+        if not isinstance(task, dict):
+            raise InputError(where, "'instances' must hold objects with 'input' and 'output'")
+        seed = {"instruction": record.get("instruction"), "input": task.get("input") or "",
+                "output": task.get("output")}
+        for name, value in seed.items():
+            if not isinstance(value, str) or (name != "input" and not value.strip()):
+                raise InputError(where, f"seed task needs a non-empty string {name!r}")
+        seeds.append(seed)
+    if not seeds:
+        raise InputError(path, "holds no seed tasks")
+    return seeds
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise UserError(f"{path}: is a directory, expected a template text file") from None
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not UTF-8 text at byte {exc.start}") from None
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    """A prompt file with slots: {examples} (required), {requirements} and {num_tasks}."""
+
+    text: str
+    source: str
+    labels: Labels
+
+    @classmethod
+    def load(cls, options: SelfInstructOptions) -> PromptTemplate:
+        if options.template is not None:
+            text, source = _read_text(options.template), str(options.template)
+        else:
+            name = f"self_instruct_{options.lang}.txt"
+            text, source = (_TEMPLATES / name).read_text(encoding="utf-8"), f"built-in {name}"
+        if "{examples}" not in text:
+            raise UserError(f"{source}: the template has no {{examples}} slot, where the seed tasks go")
+        if _requirements(options) and "{requirements}" not in text:
+            raise UserError(f"{source}: the template has no {{requirements}} slot for --constraint / "
+                            "--task-type text-to-sql requirements")
+        return cls(text, source, options.labels)
+
+    def render(self, examples: list[Record], requirements: list[str], num_tasks: int) -> str:
+        text = self.text.replace("{num_tasks}", str(num_tasks))
+        slot = text.find("{requirements}")
+        if slot >= 0:
+            numbers = _REQUIREMENT_NUMBER.findall(text[:slot])
+            first = int(numbers[-1]) + 1 if numbers else 1
+            lines = "\n".join(f"{first + n}. {line}" for n, line in enumerate(requirements))
+            text = text.replace("{requirements}\n", lines + "\n" if lines else "").replace("{requirements}", lines)
+        return text.replace("{examples}", encode_examples(examples, self.labels)).rstrip()
+
+
+def _requirements(options: SelfInstructOptions) -> list[str]:
+    """The task type's add-on requirements, then the user's own constraints, one requirement per line."""
+    lines = []
+    if options.task_type == TEXT_TO_SQL:
+        name = "self_instruct_sql_zh.txt" if options.lang == "zh" else "self_instruct_sql.txt"
+        lines = [line.strip() for line in (_TEMPLATES / name).read_text(encoding="utf-8").splitlines()]
+    return [line for line in [*lines, *(c.strip() for c in options.constraints)] if line]
+
+
+def encode_examples(examples: list[Record], labels: Labels) -> str:
+    """Alpaca's numbered blocks; the list ends by opening the next instruction for the model to write."""
+    blocks = []
+    for number, task in enumerate(examples, start=1):
+        instruction = re.sub(r"\s+", " ", task["instruction"]).strip().rstrip(":：")
+        blocks.append(
+            f"###\n{number}. {labels.instruction}{labels.colon}{instruction}\n"
+            f"{number}. {labels.input}{labels.colon.rstrip()}\n{task['input'].strip() or labels.no_input}\n"
+            f"{number}. {labels.output}{labels.colon.rstrip()}\n{task['output'].strip()}\n"
+        )
+    blocks.append(f"###\n{len(examples) + 1}. {labels.instruction}{labels.colon.rstrip()}")
+    return "".join(blocks)
+
+
+# Parsing
+
+
+@dataclass
+class ParsedResponse:
+    tasks: list[Record]
+    truncated: Record | None
+    failures: list[str]
+
+
+def _clean(text: str) -> str:
+    return _SEPARATOR_LINES.sub("", text).strip()
+
+
+def parse_response(text: str, finish_reason: str | None) -> ParsedResponse:
+    """Numbered blocks from an answer that continues the list.
+
+    The first `N. Instruction:` may or may not be repeated; colons may be full-width; numbers need not run
+    on. A trailing partial block is ignored, and the last block is dropped when the answer was cut off.
+    """
+    matches = list(_LABEL.finditer(text))
+    fields: list[tuple[str, str]] = []
+    head = _clean(text[: matches[0].start()] if matches else text)
+    if head:
+        fields.append(("instruction", head))
+    for position, match in enumerate(matches):
+        end = matches[position + 1].start() if position + 1 < len(matches) else len(text)
+        fields.append((_KINDS[match.group(2).lower()], _clean(text[match.end(): end])))
+    blocks: list[list[tuple[str, str]]] = []
+    for kind, content in fields:
+        if kind == "instruction" or not blocks:
+            blocks.append([])
+        blocks[-1].append((kind, content))
+    truncated = None
+    if finish_reason == "length" and blocks:
+        cut = dict(blocks.pop())
+        truncated = {name: cut.get(name, "") for name in _BLOCK} if cut.get("instruction") else None
+    tasks, failures = [], []
+    for position, block in enumerate(blocks):
+        kinds = tuple(kind for kind, _ in block)
+        if kinds == _BLOCK:
+            task = dict(block)
+            task["input"] = "" if _NO_INPUT.match(task["input"]) else task["input"]
+            tasks.append(task)
+        elif position < len(blocks) - 1 or kinds != _BLOCK[: len(kinds)]:
+            failures.append("\n".join(f"{kind}: {content}" for kind, content in block))
+    if not tasks and not failures and truncated is None:
+        failures.append(text)
+    return ParsedResponse(tasks, truncated, failures)
+
+
+# Filters
+
+
+class LengthFilter(Filter):
+    name = "length"
+
+    def __init__(self, bounds: tuple[int, int], unit: str):
+        super().__init__()
+        self.low, self.high = bounds
+        self.by_characters = unit == "characters"
+
+    def keep(self, record: Record) -> bool | tuple[bool, str]:
+        text = record["instruction"]
+        size = len("".join(text.split())) if self.by_characters else len(text.split())
+        if size < self.low:
+            return False, "too_short"
+        if size > self.high:
+            return False, "too_long"
+        return True
+
+
+class BlocklistFilter(Filter):
+    """Latin words match whole words, case-insensitively; other scripts (Chinese) match as substrings."""
+
+    name = "blocklist"
+
+    def __init__(self, words: list[str]):
+        super().__init__()
+        latin = [re.escape(word) for word in words if word.isascii()]
+        self.pattern = re.compile(rf"(?<![a-z0-9])(?:{'|'.join(latin)})(?![a-z0-9])", re.I) if latin else None
+        self.substrings = [word.casefold() for word in words if not word.isascii()]
+
+    def keep(self, record: Record) -> bool | tuple[bool, str]:
+        text = record["instruction"]
+        folded = text.casefold()
+        if (self.pattern and self.pattern.search(text)) or any(word in folded for word in self.substrings):
+            return False, "blocklisted"
+        return True
+
+
+class PunctuationFilter(Filter):
+    name = "punctuation"
+
+    def keep(self, record: Record) -> bool | tuple[bool, str]:
+        first = record["instruction"][:1]
+        if first and (first in string.punctuation or unicodedata.category(first).startswith("P")):
+            return False, "starts_with_punctuation"
+        return True
+
+
+class OutputFilter(Filter):
+    name = "output"
+
+    def keep(self, record: Record) -> bool | tuple[bool, str]:
+        return bool(record["output"].strip()) or (False, "empty_output")
+
+
+def language_matches(text: str, lang: str) -> bool:
+    """Whether `text` is in `lang`; text with no letters carries no language and passes."""
+    letters = sum(ch.isalpha() for ch in text)
+    if not letters:
+        return True
+    if lang == "zh" and not _HAN.search(text):
+        return False  # cannot be Chinese; deciding it here also spares lingua loading its Latin models
+    if lang == "en" and text.isascii() and letters < _SHORT_LETTERS:
+        return True
+    return detect_language(text) == lang
+
+
+class LanguageFilter(Filter):
+    name = "language"
+
+    def __init__(self, lang: str, fields: tuple[str, ...]):
+        super().__init__()
+        self.lang = lang
+        self.fields = fields
+
+    def keep(self, record: Record) -> bool | tuple[bool, str]:
+        wrong = [name for name in self.fields if not language_matches(record[name], self.lang)]
+        if wrong:
+            record["detail"] = f"not {self.lang}: {', '.join(wrong)}"
+            return False, "wrong_language"
+        return True
+
+
+class SqlFilter(Filter):
+    """The input must be a schema the query runs on. SQL written in another dialect is kept as the SQLite
+    it was transpiled to, so every kept record runs as it stands; why a record failed is its detail."""
+
+    name = "sql"
+
+    def keep(self, record: Record) -> bool | tuple[bool, str]:
+        verdict = check_sql(record["input"], record["output"])
+        if not verdict.ok:
+            record["detail"] = verdict.problem
+            return False, "sql_invalid"
+        record["input"], record["output"] = verdict.schema, verdict.query
+        return True
+
+
+class NearDuplicateFilter(Filter):
+    """ROUGE-L against the seeds and everything accepted so far; a kept instruction joins the index."""
+
+    name = "dedup"
+
+    def __init__(self, index: RougeIndex):
+        super().__init__()
+        self.index = index
+
+    def keep(self, record: Record) -> bool | tuple[bool, str]:
+        match = self.index.find_duplicate(record["instruction"])
+        if match is not None:
+            record["most_similar"], record["score"] = match[1], match[0]
+            return False, "near_duplicate"
+        self.index.add(record["instruction"])
+        return True
+
+
+def build_filters(options: SelfInstructOptions, index: RougeIndex) -> list[Step]:
+    sql = options.task_type == TEXT_TO_SQL
+    steps: list[Step] = [
+        LengthFilter(options.length_bounds, options.unit),
+        BlocklistFilter(options.blocklist),
+        PunctuationFilter(),
+        OutputFilter(),
+        LanguageFilter(options.lang, ("instruction",) if sql else ("instruction", "output")),
+    ]
+    if sql:
+        steps.append(SqlFilter())
+    steps.append(NearDuplicateFilter(index))
+    return steps
+
+
+STAGES = ("parse", "length", "blocklist", "punctuation", "output", "language", "sql", "dedup")
+
+
+# The run
+
+
+def examples_pool(seeds: list[Record], lang: str, per_prompt: int) -> list[Record]:
+    """The seeds shown in prompts: those in the target language when there are enough of them to vary
+    (a mixed set such as builtin:sql would otherwise invite the other language); else all of them."""
+    matching = [seed for seed in seeds if language_matches(seed["instruction"], lang)]
+    return matching if len(matching) >= 2 * per_prompt else seeds
+
+
+@contextmanager
+def _transaction(connection: sqlite3.Connection) -> Iterator[None]:
+    connection.execute("BEGIN")
+    try:
+        yield
+    except BaseException:
+        connection.execute("ROLLBACK")
+        raise
+    connection.execute("COMMIT")
+
+
+class _Run:
+    """The state of one output's generation: journals, dedup index and counters, replayed on start."""
+
+    def __init__(self, options: SelfInstructOptions, seeds: list[Record], template: PromptTemplate, llm: LLM):
+        self.options = options
+        self.examples = examples_pool(seeds, options.lang, options.prompt_examples)
+        self.template = template
+        self.requirements = _requirements(options)
+        self.llm = llm
+        self.seed = llm.options.seed
+        connection = llm.cache.connection
+        self.connection = connection
+        self.issued = Journal(connection, "issued")
+        self.accepted_log = Journal(connection, "accepted")
+        self.rejected_log = Journal(connection, "rejected")
+        self.processed_log = Journal(connection, "processed")
+        self.accepted: list[Record] = list(self.accepted_log)
+        index = RougeIndex(options.rouge_threshold)
+        for task in [*seeds, *self.accepted]:
+            index.add(task["instruction"])
+        self.filters = build_filters(options, index)
+        done = {entry["request"] for entry in self.processed_log}
+        issued = {entry["request"]: entry["messages"] for entry in self.issued}
+        self.pending = [(number, issued[number]) for number in sorted(issued) if number not in done]
+        self.next_request = max(issued, default=-1) + 1
+        self.stopped: str | None = None
+        self.failures_in_a_row = 0
+        self.failure_limit = max(_MIN_FAILURE_LIMIT, 2 * llm.options.concurrency)
+        self.dry_in_a_row = 0
+        self.progress: RunProgress | None = None
+
+    @property
+    def finished(self) -> bool:
+        return len(self.accepted) >= self.options.num or self.stopped is not None
+
+    def prompt(self, number: int) -> list[dict[str, str]]:
+        """Examples are drawn by an RNG seeded with the request number, so a prompt does not depend on
+        which answers happened to arrive first (machine examples aside, which is why prompts are journaled)."""
+        rng = random.Random(f"{self.seed or 0}:{number}")
+        examples = rng.sample(self.examples, min(self.options.prompt_examples, len(self.examples)))
+        if self.options.machine_examples and self.accepted:
+            examples += rng.sample(self.accepted, min(self.options.machine_examples, len(self.accepted)))
+        text = self.template.render(examples, self.requirements, self.options.tasks_per_request)
+        return [{"role": "user", "content": text}]
+
+    def requests(self) -> Iterator[tuple[int, list[dict[str, str]]]]:
+        """Unprocessed requests of earlier runs first, as they were sent, then new ones, until done."""
+        for job in self.pending:
+            if self.finished:
+                return
+            yield job
+        while not self.finished:
+            number = self.next_request
+            self.next_request += 1
+            messages = self.prompt(number)
+            self.issued.append({"request": number, "messages": messages})
+            yield number, messages
+
+    async def handle(self, job: tuple[int, list[dict[str, str]]]) -> None:
+        number, messages = job
+        params = {} if self.seed is None else {"seed": self.seed + number}
+        result = await self.llm.chat(ChatRequest(messages, sample=number, params=params))
+        if len(self.accepted) >= self.options.num:
+            return  # answered after the target was met: cached, and used by a later run with a larger --num
+        if not result.ok:
+            self.failures_in_a_row += 1
+            if self.failures_in_a_row >= self.failure_limit:
+                self.stopped = f"{self.failures_in_a_row} requests in a row failed (last: {result.error})"
+            return
+        self.failures_in_a_row = 0
+        added = self.process(number, result)
+        self.dry_in_a_row = 0 if added else self.dry_in_a_row + 1
+        if self.dry_in_a_row >= _STALL_LIMIT and not self.finished:
+            self.stopped = (f"{_STALL_LIMIT} answers in a row gave no new record; the model may not follow the "
+                            f"format, or the filters and --rouge-threshold leave nothing new (see the rejected file)")
+
+    def process(self, number: int, result: ChatResult) -> int:
+        """Parse, filter and journal one answer in a single transaction; returns how many were accepted."""
+        parsed = parse_response(result.text or "", result.finish_reason)
+        sql = self.options.task_type == TEXT_TO_SQL
+        tasks = [
+            {**task, "input": strip_fence(task["input"]), "output": strip_fence(task["output"])} if sql else task
+            for task in parsed.tasks
+        ]
+        accepted = filtered = 0
+
+        def reject(record: Record, stage: str, reason: str) -> None:
+            nonlocal filtered
+            filtered += stage != "parse"
+            self.rejected_log.append({**record, "reason": reason, "stage": stage, "source_request": number})
+
+        with _transaction(self.connection):
+            if parsed.truncated is not None:
+                reject(parsed.truncated, "parse", "truncated")
+            for raw in parsed.failures:
+                reject({"raw": raw}, "parse", "unparseable")
+            for record in run_pipeline((dict(task) for task in tasks), self.filters, reject):
+                record["source_request"] = number
+                self.accepted_log.append(record)
+                self.accepted.append(record)
+                accepted += 1
+                if len(self.accepted) >= self.options.num:
+                    break
+            self.processed_log.append({
+                "request": number, "parsed": len(tasks), "accepted": accepted,
+                "unused": len(tasks) - accepted - filtered, "parse_failures": len(parsed.failures),
+            })
+        if self.progress is not None:
+            self.progress.advance(accepted)
+        return accepted
+
+
+def generate(options: SelfInstructOptions, progress: bool = True) -> SelfInstructResult:
+    """Generate `options.num` accepted tasks (or stop cleanly); the API behind `distillery self-instruct`."""
+    options.validate()
+    endpoint = options.endpoint.resolve()
+    seeds = load_seeds(options.seed_spec)
+    template = PromptTemplate.load(options)
+    if endpoint.fresh:
+        remove_state(state_path(options.output))
+    stats = RunStats()
+    started = time.monotonic()
+    outcome: dict[str, Any] = {}
+    budget = None
+    try:
+        asyncio.run(_generate(options, endpoint, seeds, template, stats, outcome, progress))
+    except BudgetReached as exc:
+        budget = str(exc)
+    return _write_outputs(options, endpoint, seeds, outcome, stats, time.monotonic() - started, budget)
+
+
+async def _generate(
+    options: SelfInstructOptions,
+    endpoint: EndpointOptions,
+    seeds: list[Record],
+    template: PromptTemplate,
+    stats: RunStats,
+    outcome: dict[str, Any],
+    progress: bool,
+) -> None:
+    async with LLM(endpoint, state_path(options.output), stats) as llm:
+        run = _Run(options, seeds, template, llm)
+        try:
+            with RunProgress("self-instruct", options.num, stats, enabled=progress) as bar:
+                bar.advance(min(len(run.accepted), options.num))
+                run.progress = bar
+                await run_bounded(run.requests(), run.handle, limit=llm.options.concurrency)
+        finally:
+            outcome.update(
+                accepted=run.accepted,
+                rejected=list(run.rejected_log),
+                processed=list(run.processed_log),
+                stopped=run.stopped,
+            )
+
+
+def _with_meta(records: list[Record], seeds: list[Record], threshold: float) -> Iterator[Record]:
+    """Alpaca's similarity fields, replayed in acceptance order: each record against the seeds and every
+    record accepted before it, exactly the index it was judged by."""
+    texts = [seed["instruction"] for seed in seeds]
+    index = RougeIndex(threshold)
+    for text in texts:
+        index.add(text)
+    for record in records:
+        scores = index.scores(record["instruction"])
+        top = np.argsort(-scores, kind="stable")[:_TOP_SIMILAR]
+        yield {
+            **_plain(record),
+            "most_similar_instructions": {texts[i]: float(scores[i]) for i in top},
+            "avg_similarity_score": float(scores.mean()) if len(scores) else 0.0,
+            "source_request": record["source_request"],
+        }
+        index.add(record["instruction"])
+        texts.append(record["instruction"])
+
+
+def _plain(record: Record) -> Record:
+    return {name: record[name] for name in _BLOCK}
+
+
+def _stages(rejected: list[Record], accepted: int) -> list[dict[str, Any]]:
+    """The run's funnel, stage by stage, from the journal (so it covers earlier, interrupted runs too)."""
+    by_stage: dict[str, Counter] = {}
+    for record in rejected:
+        by_stage.setdefault(record["stage"], Counter())[record["reason"]] += 1
+    remaining = accepted + sum(sum(c.values()) for s, c in by_stage.items() if s != "parse")
+    stages = [{"stage": "parse", "in": remaining + sum(by_stage.get("parse", Counter()).values()),
+               "out": remaining, "dropped": dict(by_stage.get("parse", {}))}]
+    for stage in STAGES[1:]:
+        dropped = by_stage.get(stage, Counter())
+        stages.append({"stage": stage, "in": remaining, "out": remaining - sum(dropped.values()),
+                       "dropped": dict(dropped)})
+        remaining -= sum(dropped.values())
+    return stages
+
+
+def _write_outputs(
+    options: SelfInstructOptions,
+    endpoint: EndpointOptions,
+    seeds: list[Record],
+    outcome: dict[str, Any],
+    stats: RunStats,
+    seconds: float,
+    budget: str | None,
+) -> SelfInstructResult:
+    accepted: list[Record] = outcome["accepted"][: options.num]
+    rejected: list[Record] = outcome["rejected"]
+    processed: list[Record] = outcome["processed"]
+    records = (_with_meta(accepted, seeds, options.rouge_threshold) if options.with_meta
+               else (_plain(record) for record in accepted))
+    written = write_records(options.output, records)
+    rejected_path = sidecar(options.output, ".rejected.jsonl")
+    if rejected:
+        write_records(rejected_path, rejected, layout="jsonl")
+    else:
+        rejected_path.unlink(missing_ok=True)
+    stopped = budget or outcome["stopped"]
+    reasons = Counter(record["reason"] for record in rejected)
+    summary_path = sidecar(options.output, ".summary.json")
+    write_json(summary_path, {
+        "command": "self-instruct",
+        "output": str(options.output),
+        "model": endpoint.model,
+        "seeds": options.seed_spec,
+        "lang": options.lang,
+        "task_type": options.task_type,
+        "num": options.num,
+        "accepted": written,
+        "stopped": stopped,
+        "seconds": round(seconds, 3),
+        "responses": len(processed),
+        "parsed": sum(entry["parsed"] for entry in processed),
+        "parse_failures": sum(entry["parse_failures"] for entry in processed),
+        "unused": sum(entry["unused"] for entry in processed),
+        "rejected": dict(reasons.most_common()),
+        "stages": _stages(rejected, len(outcome["accepted"])),
+        "requests": stats.as_dict(),
+    })
+    return SelfInstructResult(written, len(rejected), stats, summary_path, rejected_path if rejected else None,
+                              stopped, budget is not None)

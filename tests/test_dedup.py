@@ -1,0 +1,346 @@
+from __future__ import annotations
+
+import json
+import random
+import re
+
+import pytest
+from conftest import ANCHORS, run_cli
+from rouge_score import rouge_scorer
+from typer.testing import CliRunner
+
+from distillery.cli import app
+from distillery.dedup import (
+    DedupOptions,
+    ExactIndex,
+    MinHashIndex,
+    RougeIndex,
+    dedup_file,
+    dedup_records,
+    pool_texts,
+    record_text,
+    rouge_l,
+    tokenize,
+)
+from distillery.errors import InputError, UserError
+
+SEEDS = ANCHORS / "alpaca_seed_tasks.jsonl"
+SCORER = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+
+
+def instructions(name: str) -> list[str]:
+    path = ANCHORS / name
+    text = path.read_text(encoding="utf-8")
+    records = [json.loads(line) for line in text.splitlines() if line.strip()] if text[0] == "{" else json.loads(text)
+    return [record["instruction"] for record in records]
+
+
+def reference_score(candidate: str, kept: str) -> float:
+    """Alpaca's call: rouge_score's _score_lcs(target=new instruction, prediction=kept instruction)."""
+    tokenizer = SCORER._tokenizer
+    return rouge_scorer._score_lcs(tokenizer.tokenize(candidate), tokenizer.tokenize(kept)).fmeasure
+
+
+def lcs_score(candidate: str, kept: str) -> float:
+    """rouge_score's LCS and F on distillery's tokens, which include CJK ideographs."""
+    return rouge_scorer._score_lcs(tokenize(candidate), tokenize(kept)).fmeasure
+
+
+def alpaca_kept(candidates: list[str], seeds: list[str], threshold: float = 0.7) -> list[int]:
+    """The decision loop of Alpaca's generate_instruction.py, with rouge_score doing the scoring."""
+    tokenizer = SCORER._tokenizer
+    pool = [tokenizer.tokenize(seed) for seed in seeds]
+    kept = []
+    for number, text in enumerate(candidates):
+        tokens = tokenizer.tokenize(text)
+        if max((rouge_scorer._score_lcs(tokens, other).fmeasure for other in pool), default=0.0) > threshold:
+            continue
+        kept.append(number)
+        pool.append(tokens)
+    return kept
+
+
+def perturb(text: str, rng: random.Random) -> str:
+    words = text.split()
+    for _ in range(rng.randint(1, 3)):
+        at = rng.randrange(len(words))
+        action = rng.randrange(3)
+        if action == 0 and len(words) > 1:
+            del words[at]
+        elif action == 1:
+            words.insert(at, rng.choice(["please", "briefly", "now", "the"]))
+        else:
+            words[at] = rng.choice(["story", "list", "poem", "summary"])
+    return " ".join(words)
+
+
+def test_tokenize_is_rouge_score_tokenizer_on_english_and_adds_one_token_per_ideograph():
+    texts = instructions("llamafactory_alpaca_en_demo.json") + instructions("gpteacher_roleplay.json")[:500]
+    texts += ["İstanbul KELVIN ×2 naïve café_au-lait 3.14", ""]
+    for text in texts:
+        assert tokenize(text) == SCORER._tokenizer.tokenize(text)
+    assert tokenize("用Python写一个函数, 计算GPT-4的价格㐀豈") == [
+        "用", "python", "写", "一", "个", "函", "数", "计", "算", "gpt", "4", "的", "价", "格", "㐀", "豈"]
+    assert SCORER._tokenizer.tokenize("写一个函数") == []
+
+
+def test_rouge_l_is_bit_identical_to_rouge_score_on_real_pairs():
+    texts = instructions("alpaca_seed_tasks.jsonl") + instructions("llamafactory_alpaca_en_demo.json")[:250]
+    rng = random.Random(3)
+    pairs = [(a, b) for a in texts for b in rng.sample(texts, 8)]
+    pairs += [(a, perturb(a, rng)) for a in texts]
+    for candidate, kept in pairs:
+        assert rouge_l(tokenize(candidate), tokenize(kept)) == reference_score(candidate, kept)
+        assert rouge_l(tokenize(candidate), tokenize(kept)) == SCORER.score(candidate, kept)["rougeL"].fmeasure
+    assert rouge_l([], ["a"]) == 0.0
+
+
+def test_kept_set_equals_alpaca_loop_on_real_english_workload():
+    seeds = instructions("alpaca_seed_tasks.jsonl")
+    rng = random.Random(11)
+    originals = instructions("llamafactory_alpaca_en_demo.json")[:200] + instructions("gpteacher_roleplay.json")[:60]
+    candidates = originals + [perturb(rng.choice(originals + seeds), rng) for _ in range(90)]
+    rng.shuffle(candidates)
+    reference = alpaca_kept(candidates, seeds)
+    records = [{"instruction": text, "id": number} for number, text in enumerate(candidates)]
+    kept = [record["id"] for record in dedup_records(records, seeds)]
+    assert kept == reference
+    assert 60 < len(candidates) - len(kept) < 200  # the workload really exercises both decisions
+
+
+@pytest.mark.parametrize("threshold", [0.0, 0.3, 0.5, 0.7, 0.8, 1.0])
+def test_index_pruning_never_changes_a_score_or_decision(threshold):
+    """Random texts over a tiny vocabulary pile up scores near every threshold, ties included."""
+    rng = random.Random(int(threshold * 10))
+    vocabulary = ["a", "b", "c", "d", "e", "f", "g", "h", "水", "火"]
+
+    def text() -> str:
+        return " ".join(rng.choice(vocabulary) for _ in range(rng.choice([0, 1, 2, 3, 5, 8, 10, 13, 20])))
+
+    index, added = RougeIndex(threshold), []
+    for _ in range(260):  # past several re-indexings (32, 64, 128, 256)
+        query = text() + rng.choice(["", " zz", " 雪"])  # tokens no added text has
+        scores = [lcs_score(query, other) for other in added]
+        best = max(scores, default=0.0)
+        best_text = added[scores.index(best)] if added else None
+        assert index.query(query) == (best, best_text)
+        expected = (best, best_text) if best > threshold else None
+        assert index.find_duplicate(query) == expected
+        if expected is None or rng.random() < 0.3:
+            index.add(query)
+            added.append(query)
+    assert len(index) == len(added)
+
+
+def test_most_similar_orders_by_score_then_insertion():
+    index = RougeIndex()
+    for text in ["write a poem", "write a short poem", "write a poem", "cook rice", "write code"]:
+        index.add(text)
+    top = index.most_similar("write a poem", k=3)
+    assert top == [("write a poem", 1.0), ("write a poem", 1.0), ("write a short poem", reference_score(
+        "write a poem", "write a short poem"))]
+    assert [text for text, _ in index.most_similar("write a poem", k=10)][-1] == "cook rice"
+    assert RougeIndex().query("anything") == (0.0, None)
+    assert RougeIndex().most_similar("anything") == []
+    with pytest.raises(ValueError):
+        RougeIndex(1.5)
+
+
+def chinese_variants(text: str, rng: random.Random) -> list[str]:
+    positions = [i for i, ch in enumerate(text) if "\u4e00" <= ch <= "\u9fff"]
+    one, two = sorted(rng.sample(positions, 2))
+    changed = text[:one] + "很" + text[one + 1:]
+    changed_two = "".join("好" if i in (one, two) else ch for i, ch in enumerate(text))
+    removed = text[:one] + text[one + 1:]
+    removed_two = "".join(ch for i, ch in enumerate(text) if i not in (one, two))
+    added = text[:one] + "的" + text[one:]
+    added_two = text[:one] + "请" + text[one:two] + "再" + text[two:]
+    return [changed, changed_two, removed, removed_two, added, added_two]
+
+
+def test_chinese_near_duplicates_are_dropped_and_distinct_instructions_kept():
+    seeds = instructions("belle_zh_seed_tasks.json")
+    assert len(list(dedup_records({"instruction": text} for text in seeds))) == len(seeds)  # all distinct
+    rng = random.Random(5)
+    long_enough = [text for text in seeds if len(tokenize(text)) >= 10]
+    variants = [variant for text in long_enough for variant in chinese_variants(text, rng)]
+    assert len(variants) > 900
+    assert list(dedup_records(({"instruction": text} for text in variants), seeds)) == []
+    # Alpaca's tokenizer sees no tokens in Chinese, so every score is 0 and it keeps every variant.
+    assert all(reference_score(variant, text) == 0.0 for variant, text in zip(variants[:60], long_enough, strict=False))
+
+
+def test_minhash_catches_near_copies_and_keeps_distinct_text():
+    seeds = instructions("belle_zh_seed_tasks.json") + instructions("alpaca_seed_tasks.jsonl")
+    index = MinHashIndex(threshold=0.8)
+    for text in seeds:
+        index.add(text)
+    english = "Generate a list of five creative names for a new coffee shop near the university campus."
+    chinese = "请根据下面的描述，为一家位于大学校园附近的新咖啡店想出五个有创意的名字，并说明理由。"
+    index.add(english)
+    index.add(chinese)
+    assert index.find_duplicate(english.upper() + "!") == (1.0, english)
+    score, match = index.find_duplicate(chinese.replace("理由", "原因"))
+    assert match == chinese and score > 0.8
+    assert index.find_duplicate("Explain how photosynthesis works in plants.") is None
+    assert index.find_duplicate("") is None
+    options = DedupOptions(method="minhash")
+    kept = list(dedup_records([{"instruction": english}, {"instruction": english + " "}], options=options))
+    assert kept == [{"instruction": english}]
+
+
+def test_exact_index_folds_case_and_whitespace_only():
+    index = ExactIndex()
+    index.add("Write a  Poem\n about the sea.")
+    assert index.find_duplicate("write a poem about the SEA.") == (1.0, "Write a  Poem\n about the sea.")
+    assert index.find_duplicate("Write a poem about the sea!") is None
+    assert len(index) == 1
+
+
+def test_record_text_reads_each_layout_and_locates_errors():
+    assert record_text({"instruction": "a", "input": "b"}, "input") == "b"
+    assert record_text({"conversations": [{"from": "gpt", "value": "x"}, {"from": "human", "value": "hi"}]}) == "hi"
+    assert record_text({"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "q"}]}) == "q"
+    with pytest.raises(InputError, match=r"data.jsonl:3: record has no 'prompt' field"):
+        record_text({"instruction": "a"}, "prompt", "data.jsonl:3")
+    with pytest.raises(InputError, match="'instruction' is NoneType"):
+        record_text({"instruction": None})
+    assert pool_texts([SEEDS], "question")[:1] == [instructions("alpaca_seed_tasks.jsonl")[0]]
+
+
+@pytest.mark.parametrize("options", [
+    {"method": "fuzzy"}, {"threshold": 1.2}, {"threshold": -0.1}, {"method": "minhash", "threshold": 1.0},
+    {"method": "exact", "threshold": 0.5},
+])
+def test_bad_options_are_user_errors(options):
+    with pytest.raises(UserError):
+        DedupOptions(**options)
+
+
+def write_jsonl(path, records):
+    path.write_text("".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records), encoding="utf-8")
+    return path
+
+
+RECORDS = [
+    {"instruction": "Write a poem about the sea.", "input": "", "output": "Waves...", "id": 1},
+    {"instruction": "Write a poem about the sea!", "input": "", "output": "Tides...", "id": 2},
+    {"instruction": "Give three tips for staying healthy.", "input": "", "output": "1. Eat", "id": 3},
+    {"instruction": "把这段话翻译成英文。", "input": "你好", "output": "Hello", "id": 4},
+    {"instruction": "把这段话翻译成英语。", "input": "再见", "output": "Bye", "id": 5},
+    {"instruction": "Summarize the following article in one sentence.", "input": "...", "output": "x", "id": 6},
+]
+
+
+def test_cli_keeps_records_unchanged_in_order_and_writes_rejected(tmp_path):
+    source = write_jsonl(tmp_path / "in.jsonl", RECORDS)
+    out, rejected = tmp_path / "out.jsonl", tmp_path / "rejected.jsonl"
+    done = run_cli("dedup", str(source), "-o", str(out), "--rejected", str(rejected), "--against", str(SEEDS))
+    assert done.returncode == 0, done.stderr
+    kept = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert kept == [RECORDS[0], RECORDS[2], RECORDS[3], RECORDS[5]]
+    dropped = [json.loads(line) for line in rejected.read_text(encoding="utf-8").splitlines()]
+    assert [row["record"] for row in dropped] == [RECORDS[1], RECORDS[4]]
+    assert dropped[0]["most_similar"] == RECORDS[0]["instruction"] and dropped[0]["score"] == 1.0
+    assert dropped[1]["where"] == f"{source}:5" and dropped[1]["score"] == pytest.approx(8 / 9)
+    assert "kept" in done.stdout and "dropped (rouge-l > 0.7)" in done.stdout and "175" in done.stdout
+
+
+def test_cli_pool_drops_a_reworded_seed_and_threshold_is_strict(tmp_path):
+    seed = instructions("alpaca_seed_tasks.jsonl")[0]
+    source = write_jsonl(tmp_path / "in.jsonl", [{"instruction": perturb(seed, random.Random(1))}])
+    score = reference_score(perturb(seed, random.Random(1)), seed)
+    out = tmp_path / "out.jsonl"
+    assert run_cli("dedup", str(source), "-o", str(out), "--against", str(SEEDS)).returncode == 0
+    assert out.read_text() == ""
+    done = run_cli("dedup", str(source), "-o", str(out), "--against", str(SEEDS), "--threshold", repr(score))
+    assert done.returncode == 0 and len(out.read_text().splitlines()) == 1  # F equal to the threshold is kept
+
+
+def test_cli_output_layout_follows_output_extension(tmp_path):
+    source = write_jsonl(tmp_path / "in.jsonl", RECORDS)
+    assert run_cli("dedup", str(source), "-o", str(tmp_path / "out.json")).returncode == 0
+    assert json.loads((tmp_path / "out.json").read_text(encoding="utf-8"))[1] == RECORDS[2]
+    listed = tmp_path / "in.json"
+    listed.write_text(json.dumps(RECORDS, ensure_ascii=False), encoding="utf-8")
+    assert run_cli("dedup", str(listed), "-o", str(tmp_path / "again.json"), "--method", "exact").returncode == 0
+    assert json.loads((tmp_path / "again.json").read_text(encoding="utf-8")) == RECORDS
+
+
+def test_cli_compares_first_user_turn_of_sharegpt_and_openai(tmp_path):
+    chats = [
+        {"conversations": [{"from": "human", "value": "What is the capital of France?"},
+                           {"from": "gpt", "value": "Paris"}]},
+        {"messages": [{"role": "system", "content": "Be brief."},
+                      {"role": "user", "content": "what is the capital of france"}]},
+        {"conversations": [{"from": "human", "value": "Name a prime number."}, {"from": "gpt", "value": "7"}]},
+    ]
+    source = write_jsonl(tmp_path / "chats.jsonl", chats)
+    out = tmp_path / "out.jsonl"
+    assert run_cli("dedup", str(source), "-o", str(out), "--field", "output").returncode == 0
+    assert [json.loads(line) for line in out.read_text().splitlines()] == [chats[0], chats[2]]
+
+
+def test_cli_field_option_compares_another_field(tmp_path):
+    source = write_jsonl(tmp_path / "in.jsonl", RECORDS)
+    out = tmp_path / "out.jsonl"
+    assert run_cli("dedup", str(source), "-o", str(out), "--field", "output").returncode == 0
+    assert len(out.read_text().splitlines()) == len(RECORDS)  # every output differs
+
+
+BAD_INPUTS = {
+    "invalid JSON": ('{"instruction": "a"}\n{"instruction": \n', r"in.jsonl:2: invalid JSON"),
+    "missing field": ('{"instruction": "a"}\n{"instruction": "b"}\n{"input": "c"}\n',
+                      r"in.jsonl:3: record has no 'instruction' field"),
+    "wrong type": ('[{"instruction": "a"}, {"instruction": 7}]', r"in.jsonl \(record 2\): 'instruction' is int"),
+    "empty file": ("", r"in.jsonl: file is empty"),
+    "empty list": ("[]", r"in.jsonl: holds no records"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_cli_bad_input_exits_2_with_one_line_and_no_output(tmp_path, case):
+    content, message = BAD_INPUTS[case]
+    source = tmp_path / "in.jsonl"
+    source.write_text(content, encoding="utf-8")
+    out, rejected = tmp_path / "out.jsonl", tmp_path / "rejected.jsonl"
+    out.write_text("previous run\n")
+    done = run_cli("dedup", str(source), "-o", str(out), "--rejected", str(rejected))
+    assert done.returncode == 2
+    assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+    assert re.search(message, done.stderr), done.stderr
+    assert out.read_text() == "previous run\n" and not rejected.exists()
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["in.jsonl", "out.jsonl"]  # no temp files left
+
+
+def test_cli_bad_paths_exit_2_without_output(tmp_path):
+    source = write_jsonl(tmp_path / "in.jsonl", RECORDS)
+    out = tmp_path / "out.jsonl"
+    for args, message in [
+        ((str(tmp_path), "-o", str(out)), "is a directory"),
+        ((str(source), "-o", str(out), "--against", str(tmp_path / "missing.jsonl")), "missing.jsonl: no such file"),
+    ]:
+        done = run_cli("dedup", *args)
+        assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr, done.stderr
+        assert not out.exists()
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--threshold", "7"], "must be between 0 and 1"),
+    (["--method", "semantic"], "unknown dedup method 'semantic'"),
+    (["--method", "exact", "--threshold", "0.9"], "does not apply to --method exact"),
+    (["-o", "out.txt"], "unsupported extension"),
+    (["--rejected", "out.jsonl"], "same file as the output"),
+])
+def test_cli_bad_options_are_user_errors(tmp_path, monkeypatch, flags, message):
+    monkeypatch.chdir(tmp_path)
+    write_jsonl(tmp_path / "in.jsonl", RECORDS)
+    result = CliRunner().invoke(app, ["dedup", "in.jsonl", "-o", "out.jsonl", *flags])
+    assert isinstance(result.exception, UserError) and message in str(result.exception)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["in.jsonl"]
+
+
+def test_dedup_file_returns_counts(tmp_path):
+    source = write_jsonl(tmp_path / "in.jsonl", RECORDS)
+    summary = dedup_file(source, tmp_path / "out.parquet", DedupOptions(), against=[SEEDS])
+    assert (summary.seen, summary.kept, summary.dropped, summary.pool) == (6, 4, 2, 175)

@@ -95,6 +95,16 @@ def print_run_summary(title: str, rows: list[tuple[str, object]], stats: RunStat
     out_console.print(table)
 
 
+def _finish(result: Any, noun: str) -> None:
+    """Say what is missing from a run that answered records, then exit with its status (0, 3 or 4)."""
+    if result.failed:
+        err_console.print(f"{result.failed} {noun}(s) failed after retries; see {result.failed_path}")
+    if result.stopped:
+        err_console.print(f"stopped: {result.stopped}; {result.pending} {noun}(s) pending. "
+                          "Re-run with a larger --max-cost to finish; answers so far are cached.")
+    raise typer.Exit(result.exit_code)
+
+
 def _show_version(value: bool) -> None:
     if value:
         typer.echo(f"distillery {__version__}")
@@ -132,12 +142,7 @@ def respond(
         [("records written", result.written), ("failed", result.failed), ("summary", result.summary_path)],
         result.stats,
     )
-    if result.failed:
-        err_console.print(f"{result.failed} record(s) failed after retries; see {result.failed_path}")
-    if result.stopped:
-        err_console.print(f"stopped: {result.stopped}; {result.pending} record(s) pending. "
-                          "Re-run with a larger --max-cost to finish; answers so far are cached.")
-    raise typer.Exit(result.exit_code)
+    _finish(result, "record")
 
 
 @app.command()
@@ -400,12 +405,7 @@ def evol(
     rows += [("failed requests", result.failed), ("replayed from the journal", result.replayed),
              ("summary", result.summary_path)]
     print_run_summary(f"evol → {output}", rows, result.stats)
-    if result.failed:
-        err_console.print(f"{result.failed} evolution(s) failed after retries; see {result.failed_path}")
-    if result.stopped:
-        err_console.print(f"stopped: {result.stopped}; {result.pending} evolution(s) pending. "
-                          "Re-run with a larger --max-cost to finish; answers so far are cached.")
-    raise typer.Exit(result.exit_code)
+    _finish(result, "evolution")
 
 
 @app.command()

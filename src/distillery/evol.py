@@ -13,7 +13,6 @@ spent --max-cost) replays what was decided, re-sends nothing that was answered, 
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import random
@@ -33,10 +32,18 @@ from distillery.cost import RunStats
 from distillery.errors import UserError
 from distillery.io import file_format, sidecar, write_json, write_records
 from distillery.journal import Journal
-from distillery.llm import LLM, BudgetReached, ChatRequest, ChatResult, EndpointOptions, run_bounded
+from distillery.llm import (
+    LLM,
+    ChatRequest,
+    ChatResult,
+    EndpointOptions,
+    exit_status,
+    run_bounded,
+    run_within_budget,
+)
 from distillery.pipeline import StageStats
 from distillery.progress import RunProgress
-from distillery.respond import EXIT_BUDGET, EXIT_FAILURES, load_alpaca
+from distillery.respond import load_alpaca
 
 IN_DEPTH = ("constraints", "deepening", "concretizing", "reasoning", "complicate-input")
 IN_BREADTH = ("breadth",)
@@ -302,9 +309,7 @@ class EvolResult:
 
     @property
     def exit_code(self) -> int:
-        if self.stopped:
-            return EXIT_BUDGET
-        return EXIT_FAILURES if self.failed else 0
+        return exit_status(bool(self.failed), bool(self.stopped))
 
 
 def evol(options: EvolOptions, progress: bool = True) -> EvolResult:
@@ -319,11 +324,7 @@ def evol(options: EvolOptions, progress: bool = True) -> EvolResult:
     stats = RunStats()
     run = _Run(options, endpoint, seeds, templates, stats)
     started = time.monotonic()
-    stopped = None
-    try:
-        asyncio.run(run.all(progress))
-    except BudgetReached as exc:
-        stopped = str(exc)
+    stopped = run_within_budget(run.all(progress))
     return _write_outputs(run, time.monotonic() - started, stopped)
 
 

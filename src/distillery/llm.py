@@ -14,7 +14,7 @@ import os
 import random
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field, replace
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -33,8 +33,28 @@ _FATAL_STATUS = {401: "the API key was rejected", 403: "access was refused", 404
 T = TypeVar("T")
 
 
+EXIT_INCOMPLETE = 3
+EXIT_BUDGET = 4
+
+
 class BudgetReached(Exception):
     """Raised before a send once --max-cost is spent; what was received so far is already cached."""
+
+
+def run_within_budget(recipe: Coroutine[Any, Any, None]) -> str | None:
+    """Run a recipe's event loop; --max-cost ends it cleanly and the reason is returned, not raised."""
+    try:
+        asyncio.run(recipe)
+    except BudgetReached as exc:
+        return str(exc)
+    return None
+
+
+def exit_status(incomplete: bool, budget_stopped: bool) -> int:
+    """0 done, 3 something is missing (failed requests, a run that stopped short), 4 --max-cost reached."""
+    if budget_stopped:
+        return EXIT_BUDGET
+    return EXIT_INCOMPLETE if incomplete else 0
 
 
 @dataclass

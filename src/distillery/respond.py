@@ -7,7 +7,6 @@ already answered and still produces a complete, ordered file.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,11 +16,16 @@ from distillery.cache import remove_state, state_path
 from distillery.cost import RunStats
 from distillery.errors import InputError
 from distillery.io import file_format, iter_located, sidecar, write_json, write_records
-from distillery.llm import LLM, BudgetReached, ChatRequest, ChatResult, EndpointOptions, run_bounded
+from distillery.llm import (
+    LLM,
+    ChatRequest,
+    ChatResult,
+    EndpointOptions,
+    exit_status,
+    run_bounded,
+    run_within_budget,
+)
 from distillery.progress import RunProgress
-
-EXIT_FAILURES = 3
-EXIT_BUDGET = 4
 
 
 @dataclass
@@ -44,9 +48,7 @@ class RespondResult:
 
     @property
     def exit_code(self) -> int:
-        if self.stopped:
-            return EXIT_BUDGET
-        return EXIT_FAILURES if self.failed else 0
+        return exit_status(bool(self.failed), bool(self.stopped))
 
 
 def load_alpaca(path: Path) -> list[dict[str, Any]]:
@@ -84,11 +86,7 @@ def respond(options: RespondOptions, progress: bool = True) -> RespondResult:
     stats = RunStats()
     started = time.monotonic()
     results: dict[int, ChatResult] = {}
-    stopped = None
-    try:
-        asyncio.run(_answer_all(options, endpoint, records, stats, results, progress))
-    except BudgetReached as exc:
-        stopped = str(exc)
+    stopped = run_within_budget(_answer_all(options, endpoint, records, stats, results, progress))
     return _write_outputs(options, endpoint, records, results, stats, time.monotonic() - started, stopped)
 
 

@@ -14,7 +14,6 @@ requests after the last one issued.
 
 from __future__ import annotations
 
-import asyncio
 import random
 import re
 import sqlite3
@@ -38,15 +37,21 @@ from distillery.errors import InputError, UserError
 from distillery.io import file_format, iter_located, sidecar, write_json, write_records
 from distillery.journal import Journal
 from distillery.langid import detect_language, known_code
-from distillery.llm import LLM, BudgetReached, ChatRequest, ChatResult, EndpointOptions, run_bounded
+from distillery.llm import (
+    LLM,
+    ChatRequest,
+    ChatResult,
+    EndpointOptions,
+    exit_status,
+    run_bounded,
+    run_within_budget,
+)
 from distillery.pipeline import Filter, Step, run_pipeline
 from distillery.progress import RunProgress
 from distillery.sql_check import check_sql, strip_fence
 
 Record = dict[str, Any]
 
-EXIT_INCOMPLETE = 3
-EXIT_BUDGET = 4
 GENERAL, TEXT_TO_SQL = "general", "text-to-sql"
 TASK_TYPES = (GENERAL, TEXT_TO_SQL)
 RECIPE_DEFAULTS = {"temperature": 1.0, "top_p": 1.0, "max_tokens": 3072}
@@ -174,9 +179,7 @@ class SelfInstructResult:
 
     @property
     def exit_code(self) -> int:
-        if self.budget:
-            return EXIT_BUDGET
-        return EXIT_INCOMPLETE if self.stopped else 0
+        return exit_status(bool(self.stopped), self.budget)
 
 
 # Seeds and templates
@@ -614,11 +617,7 @@ def generate(options: SelfInstructOptions, progress: bool = True) -> SelfInstruc
     stats = RunStats()
     started = time.monotonic()
     outcome: dict[str, Any] = {}
-    budget = None
-    try:
-        asyncio.run(_generate(options, endpoint, seeds, template, stats, outcome, progress))
-    except BudgetReached as exc:
-        budget = str(exc)
+    budget = run_within_budget(_generate(options, endpoint, seeds, template, stats, outcome, progress))
     return _write_outputs(options, endpoint, seeds, outcome, stats, time.monotonic() - started, budget)
 
 

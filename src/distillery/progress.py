@@ -27,7 +27,7 @@ class RunProgress:
         enabled: bool = True,
         console: Console | None = None,
     ):
-        self.console = console or Console(stderr=True)
+        self.console = console or Console()
         self.stats = stats
         self._progress = Progress(
             TextColumn("[bold]{task.description}"),

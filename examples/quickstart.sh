@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# distillery's quick-start job. The offline steps (clean, dedup, convert, stats, report) always run; the
+# steps that call a teacher model (respond, self-instruct, evol) run when an endpoint is configured.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=out/quickstart
+mkdir -p "$out"
+
+echo "== clean: raw ShareGPT share pages -> clean, split, deduplicated conversations"
+distillery clean examples/sharegpt_raw.json -o "$out/sharegpt_clean.json" --skip-lang ko
+
+echo "== dedup: Alpaca's ROUGE-L rule on the built-in sample"
+distillery dedup examples/alpaca_sample.json -o "$out/alpaca_dedup.json" --rejected "$out/alpaca_dedup.rejected.jsonl"
+
+echo "== convert: ShareGPT -> OpenAI messages, registered for LLaMA-Factory"
+distillery convert "$out/sharegpt_clean.json" -o "$out/sharegpt_clean_openai.jsonl" --to openai \
+  --dataset-info "$out" --name sharegpt_clean
+
+echo "== stats"
+distillery stats "$out/sharegpt_clean.json"
+
+reports=(examples/sharegpt_raw.json "$out/sharegpt_clean.json")
+if [ -n "${DISTILLERY_MODEL:-}" ]; then
+  echo "== respond: answers from $DISTILLERY_MODEL at ${OPENAI_BASE_URL:-https://api.openai.com/v1}"
+  distillery respond examples/alpaca_sample.json -o "$out/answers.json" --max-cost "${MAX_COST:-1}"
+  echo "== self-instruct: 20 new English tasks from the built-in seeds"
+  distillery self-instruct --seeds builtin:en --num 20 -o "$out/self_instruct.json" --max-cost "${MAX_COST:-1}"
+  echo "== evol: 2 rounds of Evol-Instruct over the answered sample"
+  distillery evol "$out/answers.json" -o "$out/evolved.json" --rounds 2 --max-cost "${MAX_COST:-1}"
+  reports+=("$out/self_instruct.json" "$out/evolved.json")
+else
+  cat <<'MSG'
+== respond / self-instruct / evol skipped: no teacher model is configured.
+   Point distillery at any OpenAI-compatible endpoint and run this script again, for example:
+     export DISTILLERY_MODEL=gpt-4o-mini OPENAI_API_KEY=sk-...                                   # OpenAI
+     export DISTILLERY_MODEL=deepseek-chat OPENAI_BASE_URL=https://api.deepseek.com/v1 OPENAI_API_KEY=sk-...
+     export DISTILLERY_MODEL=qwen2.5:7b OPENAI_BASE_URL=http://localhost:11434/v1                # Ollama
+     export DISTILLERY_MODEL=Qwen/Qwen2.5-7B-Instruct OPENAI_BASE_URL=http://localhost:8000/v1   # vLLM
+   Each LLM step stops at $MAX_COST USD (default 1).
+MSG
+fi
+
+echo "== report"
+distillery report "${reports[@]}" -o "$out/report.html"
+echo "done: open $out/report.html"

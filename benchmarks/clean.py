@@ -8,7 +8,8 @@ The baseline does what FastChat's `clean_sharegpt.py` does: `json.load` the whol
 `ProcessPoolExecutor.map` task per conversation (chunk size 1) that checks roles and runs markdownify
 on bs4, after stripping <div>/<span> tags, with the same regex repairs; dedup and `json.dump` follow.
 It skips language detection and splitting, which distillery does on top; the `--no-detect-lang` row
-shows distillery without lingua, whose models cost seconds to load and about 1 ms per conversation.
+shows distillery without lingua, which costs about 0.4-0.6 ms of CPU per conversation in its low-accuracy
+mode, plus one 5 s, 1 GB load of its high-accuracy models in the parent for the short conversations.
 
 Each run is a fresh child process; its peak memory is the largest sum of RSS over its whole process
 tree, sampled from /proc every 20 ms (shared pages count once per process, so this over-counts).

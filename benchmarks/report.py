@@ -11,7 +11,8 @@ real console script, which also pays interpreter start-up and lingua's model loa
 on what else the machine runs, so CPU time (all threads; lingua detects in parallel) and the load
 average are printed too.
 
-    python benchmarks/report.py                    # 100,000 records
+    python benchmarks/report.py                    # 100,000 records, lengths in words
+    python benchmarks/report.py --tokenizer tiny   # tokens of the tests' tiny BPE, built in-process
     python benchmarks/report.py --records 20000 --tokenizer path/to/tokenizer.json
 """
 
@@ -23,6 +24,7 @@ import os
 import resource
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,7 +32,8 @@ from pathlib import Path
 from distillery.io import iter_records
 from distillery.report import ReportOptions, build_report
 
-ANCHORS = Path(__file__).resolve().parents[1].parent / "shared" / "anchors"
+ROOT = Path(__file__).resolve().parents[1]
+ANCHORS = ROOT.parent / "shared" / "anchors"
 SOURCES = ("llamafactory_alpaca_en_demo.json", "llamafactory_alpaca_zh_demo.json", "gsm8k_train_alpaca.json",
            "gpteacher_roleplay.json", "gpteacher_toolformer.json")
 GOAL_SECONDS, GOAL_BYTES = 60.0, 10_000_000
@@ -66,6 +69,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         data = Path(folder) / "alpaca.json"
         data.write_text(json.dumps(workload(args.records), ensure_ascii=False), encoding="utf-8")
+        if args.tokenizer == "tiny":
+            sys.path.insert(0, str(ROOT / "tests"))
+            from tiny_tokenizer import build_tiny_tokenizer
+
+            args.tokenizer = str(build_tiny_tokenizer(Path(folder) / "tokenizer"))
         load = f"{os.getloadavg()[0]:.1f}"
         print(f"workload: {args.records:,} Alpaca records, {data.stat().st_size / 1e6:.1f} MB JSON, "
               f"{os.cpu_count()} cores")

@@ -31,6 +31,7 @@ class Reply:
     malformed: bool = False
     drop: bool = False
     usage: dict[str, int] | None = None
+    error: str | None = None
 
 
 Script = Callable[[dict[str, Any], int], "Reply | str"]
@@ -81,7 +82,8 @@ class FakeOpenAI:
                     self.connection.shutdown(2)
                     return
                 if reply.status != 200:
-                    payload = json.dumps({"error": {"message": f"scripted {reply.status}", "type": "fake"}})
+                    message = reply.error or f"scripted {reply.status}"
+                    payload = json.dumps({"error": {"message": message, "type": "fake"}})
                     self._send(reply.status, payload.encode(), reply.headers)
                     return
                 if reply.malformed:

@@ -18,11 +18,13 @@ from distillery.clean import (
     CleanOptions,
     Content,
     Dedup,
+    Language,
     Neutralize,
     Piece,
     Split,
     Splitter,
     Structure,
+    add_language,
     clean,
     normalize_record,
     parse_block,
@@ -221,6 +223,8 @@ GOOD = {"id": "z1", "conversations": [{"from": "human", "value": "请介绍一�
          r"inworker\.json \(record 3\): 'conversations' is not a list"),
         ("badturn.json", json.dumps([{"id": "d", "conversations": [{"from": "human", "value": 7}]}]), "2",
          r"badturn\.json \(record 1\): turn 1 of 'conversations': 'value' is not a string"),
+        ("badid.jsonl", json.dumps(GOOD) + "\n" + json.dumps(dict(GOOD, id=["z2"])) + "\n", "1",
+         r"badid\.jsonl:2: 'id' is list, expected a string or a number"),
     ],
 )
 def test_malformed_input_fails_cleanly_without_output(tmp_path, name, content, workers, message):
@@ -252,6 +256,7 @@ def test_failed_run_leaves_an_existing_output_untouched(tmp_path):
         (["--long-round", "keep"], "--long-round must be drop or truncate"),
         (["--lang", "en,xx"], "unknown language code 'xx'"),
         (["--near-dup", "1.5"], "--near-dup must be between 0 and 1"),
+        (["--near-dup", "0.9", "--num-perm", "0"], "--num-perm must be at least 16"),
         (["--block", "no colon"], "expected human:PHRASE"),
         (["--block", "robot:hi"], "bad block rule"),
         (["--no-detect-lang", "--skip-lang", "ko"], "need language detection"),
@@ -261,6 +266,13 @@ def test_bad_options_are_user_errors(tmp_path, flags, message):
     result = CliRunner().invoke(app, ["clean", str(SAMPLE), "-o", str(tmp_path / "o.json"), *flags])
     assert isinstance(result.exception, UserError)
     assert message in str(result.exception)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_rejected_file_cannot_be_the_output(tmp_path):
+    out = tmp_path / "o.jsonl"
+    result = CliRunner().invoke(app, ["clean", str(SAMPLE), "-o", str(out), "--rejected", str(out)])
+    assert isinstance(result.exception, UserError) and "same file as the output" in str(result.exception)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -311,7 +323,8 @@ def test_roles_are_normalised_and_openai_messages_accepted():
         {"from": HUMAN, "value": "Hi there"}, {"from": GPT, "value": "Hello"}], "system": "Be brief."}
     sharegpt = normalize_record({"conversations": [
         {"from": "User", "value": "a"}, {"from": "ChatGPT", "value": "b"}, {"from": "user", "value": "c"},
-        {"from": "bard", "value": "d"}, {"from": "human", "value": None}, {"from": "bing", "value": "f"}]}, "w", 9)
+        {"from": "bard", "value": "d"}, {"from": "human", "value": None}, {"from": "bing", "value": "f"}], "id": None},
+        "w", 9)
     assert [t["from"] for t in sharegpt["conversations"]] == [HUMAN, GPT] * 3
     assert sharegpt["conversations"][4]["value"] == "" and sharegpt["id"] == "9"
     with pytest.raises(UserError, match="w: missing 'conversations'"):
@@ -362,6 +375,18 @@ def test_special_tokens_neutralized_including_the_tokenizers_own():
     assert [text.replace(NEUTRALIZER, "") for text in texts] == [
         "What do </s>, <s>, [INST] and <|im_end|> mean?", "[MASK] and <|user_7|> too", "<<SYS>> be nice"]
     assert stage.notes["records_changed"] == 1
+
+
+def test_workers_leave_short_conversations_to_the_parent_for_language():
+    """Short samples need lingua's high-accuracy models (~1 GB each process): only the parent loads them."""
+    long = conv("l", (HUMAN, "¿Cuál es la diferencia entre los verbos ser y estar en español? Dame ejemplos."),
+                (GPT, "Ser describe lo permanente y estar lo pasajero: soy alto, estoy cansado."), lang="en")
+    short = conv("s", (HUMAN, "안녕하세요?"), (GPT, "안녕하세요! 무엇을 도와드릴까요?"), lang="en")
+    for record in (long, short):
+        add_language(record, short_too=False)
+    assert long["lang"] == "es" and "lang" not in short  # the input's own lang is not trusted
+    assert run_stage(Language(skip_langs=["ko"]), short) == (None, "language_skipped")
+    assert short["lang"] == "ko"
 
 
 # --- splitting ---------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import ANCHORS, run_cli
 
-from distillery.convert import ConvertOptions, convert_file
+from distillery.convert import OPENAI_TAGS, ConvertOptions, convert_file
 from distillery.errors import InputError, UserError
 from distillery.io import read_records
 
@@ -138,9 +138,14 @@ def test_output_outside_the_registry_directory_gets_an_absolute_path(tmp_path):
 
 def test_openai_with_tool_calls_is_refused_for_llamafactory(tmp_path):
     out = tmp_path / "o.json"
-    with pytest.raises(UserError, match="use --to sharegpt"):
+    with pytest.raises(InputError, match=r"glaive_toolcall_zh_demo.json \(record 1\): calls tools.*use --to sharegpt"):
         convert_file(GLAIVE, out, ConvertOptions(to="openai", dataset_info=tmp_path))
     assert not out.exists() and not (tmp_path / "dataset_info.json").exists()
+    result = convert_file(GLAIVE, out, ConvertOptions(to="openai", dataset_info=tmp_path, skip_invalid=True))
+    assert result.written + result.rejected == 300 and result.rejected > 100
+    assert "tool_calls" not in json.dumps(read_records(out))
+    assert result.entry == {"file_name": "o.json", "formatting": "sharegpt",
+                            "columns": {"messages": "messages", "tools": "tools"}, "tags": OPENAI_TAGS}
 
 
 def test_unconvertible_record_stops_the_run_with_exit_2_and_no_output(tmp_path):

@@ -132,16 +132,15 @@ def test_index_pruning_never_changes_a_score_or_decision(threshold):
     assert len(index) == len(added)
 
 
-def test_most_similar_orders_by_score_then_insertion():
+def test_query_reports_the_best_score_and_the_earliest_text_on_ties():
     index = RougeIndex()
-    for text in ["write a poem", "write a short poem", "write a poem", "cook rice", "write code"]:
+    for text in ["cook rice", "write a short poem", "write a long poem"]:
         index.add(text)
-    top = index.most_similar("write a poem", k=3)
-    assert top == [("write a poem", 1.0), ("write a poem", 1.0), ("write a short poem", reference_score(
-        "write a poem", "write a short poem"))]
-    assert [text for text, _ in index.most_similar("write a poem", k=10)][-1] == "cook rice"
+    tie = reference_score("write a poem", "write a short poem")
+    assert tie == reference_score("write a poem", "write a long poem") > 0.0
+    assert index.query("write a poem") == (tie, "write a short poem")
+    assert list(index.scores("cook rice")) == [1.0, 0.0, 0.0]
     assert RougeIndex().query("anything") == (0.0, None)
-    assert RougeIndex().most_similar("anything") == []
     with pytest.raises(ValueError):
         RougeIndex(1.5)
 

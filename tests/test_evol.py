@@ -96,6 +96,9 @@ def test_replacement_templates_are_used_and_checked(tmp_path):
     (tmp_path / "judge.txt").write_text("Same? {first}")
     with pytest.raises(UserError, match=r"judge\.txt: template lacks the placeholder \{second\}"):
         Templates("en", tmp_path)
+    (tmp_path / "judge.txt").write_bytes("Same? {first} {second} é".encode("latin-1"))
+    with pytest.raises(UserError, match=r"judge\.txt: not UTF-8 text at byte 23"):
+        Templates("en", tmp_path)
 
 
 # --- method choice -----------------------------------------------------------------------------------------
@@ -184,7 +187,8 @@ def test_word_count_counts_each_cjk_character_as_half_a_word():
 
 
 def test_rule_3_only_punctuation_and_stop_words():
-    for poison in ("...", "", "   ", "……", "?!", "The, and of it!", "的了吗？", "我们的。", "Oh well... it is."):
+    for poison in ("...", "", "   ", "……", "?!", "The, and of it!", "的了吗？", "我们的。", "Oh well... it is.",
+                   "No, it isn't.", "I didn't."):
         assert is_only_punctuation_stopwords(poison), poison
     for fine in ("42", "The answer is 42.", "Paris.", "答案是巴黎。", "这是一个苹果", "No, it is Paris."):
         assert not is_only_punctuation_stopwords(fine), fine

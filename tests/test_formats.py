@@ -139,6 +139,18 @@ def test_parquet_nulls_count_as_absent():
     assert to_messages(record) == [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
 
 
+def test_raw_share_page_speakers_read_as_user_and_assistant():
+    """Dumps taken before `clean` name the assistant after the product and vary the case."""
+    record = {"conversations": [{"from": "Human", "value": "q1"}, {"from": "chatgpt", "value": "a1"},
+                                {"from": "USER", "value": "q2"}, {"from": "bard", "value": "a2"},
+                                {"from": "human", "value": "q3"}, {"from": "bing", "value": "a3"}]}
+    assert [m["role"] for m in to_messages(record)] == ["user", "assistant"] * 3
+    assert convert_record(record, "sharegpt")["conversations"] == record["conversations"], "same format: unchanged"
+    assert [t["from"] for t in convert_record(convert_record(record, "openai"), "sharegpt")["conversations"]] == [
+        "human", "gpt"] * 3
+    assert first_user_turn({"conversations": record["conversations"][1:]}) == "q2"
+
+
 def test_openai_developer_role_reads_as_system():
     record = {"messages": [{"role": "developer", "content": "rules"}, {"role": "user", "content": "q"},
                            {"role": "assistant", "content": "a"}]}
@@ -152,7 +164,7 @@ def test_openai_developer_role_reads_as_system():
         ({"conversations": [{"from": "human", "value": "q"}]}, "alpaca", "must end with an assistant reply"),
         ({"conversations": [{"from": "gpt", "value": "a"}, {"from": "human", "value": "q"}]}, "alpaca",
          "message 1 is role 'assistant' where Alpaca needs a user turn"),
-        ({"conversations": [{"from": "bard", "value": "q"}]}, "openai", "unknown role 'bard'"),
+        ({"conversations": [{"from": "alien", "value": "q"}]}, "openai", "unknown role 'alien'"),
         ({"conversations": [{"from": "human", "value": None}]}, "openai", "turn 1 'value' must be a string"),
         ({"conversations": [{"from": "human", "value": "q"}, {"from": "system", "value": "s"}]}, "openai",
          "only the first turn may be one"),
@@ -165,6 +177,12 @@ def test_openai_developer_role_reads_as_system():
          "alpaca", "fields Alpaca cannot keep: ['name']"),
         ({"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "q"},
                        {"role": "tool", "content": "r"}]}, "alpaca", "message 3 is role 'tool'"),
+        ({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "", "tool_calls": [
+            {"id": "a", "function": {"name": "f", "arguments": "{}"}},
+            {"id": "b", "function": {"name": "g", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": "b", "content": "g says"},
+            {"role": "tool", "tool_call_id": "a", "content": "f says"}]},
+         "sharegpt", "message 3 answers tool call 'b' where 'a' is next"),
         ({"instruction": "q", "output": 3}, "sharegpt", "'output' must be a string"),
         ({"instruction": "q", "output": "a", "history": [["only one"]]}, "sharegpt", "'history' item 1"),
         ({"text": "plain"}, "sharegpt", "not an Alpaca"),

@@ -155,3 +155,16 @@ def test_canonical_request_ignores_unset_params(tmp_path):
     assert request_key(canonical_request("m", messages, {}, 0)) != request_key(canonical_request("m", messages, {}, 1))
     connection = connect(tmp_path / "state.sqlite")
     assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_max_tokens_is_renamed_for_models_that_refuse_it(fake_server, tmp_path):
+    def script(body, number):
+        if "max_tokens" in body:
+            return Reply(status=400, error="Unsupported parameter: 'max_tokens'. Use 'max_completion_tokens'.")
+        return f"limit {body['max_completion_tokens']}"
+
+    fake_server.script = script
+    results, stats = ask(options(fake_server, max_tokens=64), tmp_path / "c.sqlite", ["a", "b"])
+    assert [r.text for r in results] == ["limit 64", "limit 64"]
+    assert stats.failed == 0
+    assert sum("max_tokens" in body for body in fake_server.requests) <= 2

@@ -12,6 +12,7 @@ import pytest
 from conftest import ANCHORS, run_cli
 from tiny_tokenizer import build_tiny_tokenizer
 
+from distillery import report
 from distillery.dedup import dedup_file, rouge_l, tokenize
 from distillery.errors import InputError, UserError
 from distillery.report import ReportOptions, build_report, collect
@@ -163,14 +164,20 @@ def test_reason_map_summary(tmp_path: Path) -> None:
         ("run", 10, 3, {"too similar": 5, "blocked word": 2})]
 
 
-def test_tokenizer_lengths(inputs: tuple[Path, Path], tmp_path: Path) -> None:
+def test_tokenizer_lengths(inputs: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Texts are encoded a batch at a time (here 3 + 3 + 1 records), whole even if tokenizer.json truncates."""
     directory = build_tiny_tokenizer(tmp_path / "tok")
     tokenizer = load_tokenizer(str(directory))
+    spec = json.loads((directory / "tokenizer.json").read_text(encoding="utf-8"))
+    spec["truncation"] = {"direction": "Right", "max_length": 3, "strategy": "LongestFirst", "stride": 0}
+    (directory / "tokenizer.json").write_text(json.dumps(spec), encoding="utf-8")
+    monkeypatch.setattr(report, "_BATCH", 3)
     profile = collect(ReportOptions([inputs[0]], output=tmp_path / "r.html", tokenizer=str(directory),
                                     lang_sample=0))[0]
-    expected = [len(tokenizer.encode(r["output"], add_special_tokens=False)) if r["output"] else 0 for r in ALPACA]
+    expected = [len(tokenizer.encode(r["output"], add_special_tokens=False)) for r in ALPACA]
     assert profile.lengths["output"] == expected
-    assert expected != [len(r["output"].split()) for r in ALPACA]
+    assert max(expected) > 3 and expected != [len(r["output"].split()) for r in ALPACA]
+    assert [row.lengths[2] for row in sorted(profile.sample, key=lambda row: row.number)] == expected
 
 
 def test_page_is_escaped_and_self_contained(inputs: tuple[Path, Path], tmp_path: Path) -> None:
@@ -222,6 +229,10 @@ def test_bad_record_names_its_place(tmp_path: Path) -> None:
     data = write_jsonl(tmp_path / "bad.jsonl", [ALPACA[0], {"instruction": "x", "output": 5}])
     with pytest.raises(InputError, match=r"bad\.jsonl:2: 'output' is int, expected a string"):
         collect(ReportOptions([data], output=tmp_path / "r.html", lang_sample=0))
+    stray = {"conversations": [{"from": "human", "value": "q"}, {"from": "system", "value": "s"}]}
+    data = write_jsonl(tmp_path / "chat.jsonl", [SHAREGPT[0], stray])
+    with pytest.raises(InputError, match=r"chat\.jsonl:2: turn 2 is a system turn"):
+        collect(ReportOptions([data], output=tmp_path / "r.html", lang_sample=0))
 
 
 def test_parquet_and_openai(tmp_path: Path) -> None:
@@ -233,7 +244,7 @@ def test_parquet_and_openai(tmp_path: Path) -> None:
 
 
 def test_raw_sharegpt_roles(tmp_path: Path) -> None:
-    """Before-clean dumps use roles such as chatgpt and bard; the report reads them as clean does."""
+    """Before-clean dumps use roles such as chatgpt and bard; formats reads them as the assistant."""
     raw = write_json(tmp_path / "raw.json", [{"id": "r", "conversations": [
         {"from": "human", "value": "<p>Write a limerick</p>"}, {"from": "chatgpt", "value": "<div>There once…</div>"},
         {"from": "human", "value": "Another"}, {"from": "bard", "value": "Sure."}]}])
@@ -245,10 +256,12 @@ def test_raw_sharegpt_roles(tmp_path: Path) -> None:
 
 def test_cli_end_to_end(inputs: tuple[Path, Path], tmp_path: Path) -> None:
     out = tmp_path / "site" / "r.html"
-    done = run_cli("report", str(inputs[0]), str(inputs[1]), "-o", str(out), "--sample", "50")
+    done = run_cli("report", str(inputs[0]), str(inputs[1]), "-o", str(out), "--sample", "50", "--lang-sample", "0")
     assert done.returncode == 0, done.stderr
-    assert out.is_file() and "alpaca.json" in done.stdout and "chat.jsonl" in done.stdout
-    assert "11" in done.stdout  # rejected total from the summary beside alpaca.json
+    assert out.is_file() and done.stderr == ""
+    # input, records, languages (none sampled), verbs, ROUGE-L > 0.7, rejected (from the summary beside it)
+    assert re.search(r"alpaca\.json\W+7\W+—\W+3\W+42\.9%\W+11\W", done.stdout), done.stdout
+    assert re.search(r"chat\.jsonl\W+2\W+—\W+2\W+0\.0%\W+—", done.stdout), done.stdout
 
 
 def test_cli_bad_input_leaves_nothing(inputs: tuple[Path, Path], tmp_path: Path) -> None:
@@ -266,6 +279,8 @@ def test_cli_bad_input_leaves_nothing(inputs: tuple[Path, Path], tmp_path: Path)
     done = run_cli("report", str(inputs[1]), "--summary", str(summary), "-o", str(out), "--lang-sample", "0")
     assert done.returncode == 2 and "bad-summary.json: not a JSON run summary" in done.stderr
     assert not out.exists()
+    with pytest.raises(InputError, match="is a directory"):
+        collect(ReportOptions([inputs[1]], output=out, summaries=[tmp_path], lang_sample=0))
 
 
 def _open_page(path: Path, screenshot: Path) -> dict:

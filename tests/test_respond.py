@@ -170,6 +170,16 @@ def test_no_endpoint_configured_says_how(tmp_path):
     assert not (tmp_path / "out.json").exists()
 
 
+def test_unreachable_endpoint_is_one_line(tmp_path):
+    alpaca_file(tmp_path / "in.json", 40)
+    env = cli_env(OPENAI_BASE_URL="http://127.0.0.1:9/v1", DISTILLERY_MODEL="m")
+    done = run_cli("respond", str(tmp_path / "in.json"), "-o", str(tmp_path / "out.json"), "--max-retries", "0",
+                   env=env)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [done.stderr.strip()] and "cannot reach" in done.stderr
+    assert not (tmp_path / "out.json").exists()
+
+
 def test_api_key_is_never_written_anywhere(fake_server, tmp_path):
     secret = "sk-distillery-test-KEY-0123456789"
     fake_server.script = lambda body, n: Reply(status=500) if "number 1" in user_text(body) else "ok"

@@ -363,6 +363,7 @@ def test_an_endpoint_that_keeps_failing_stops_with_exit_3(fake_server, tmp_path)
         (["--seeds", "{empty}"], "file is empty"),
         (["--seeds", "{no_tasks}"], "holds no seed tasks"),
         (["--seeds", "{no_output}"], "no_output.jsonl:2: seed task needs a non-empty string 'output'"),
+        (["--seeds", "{bad_instances}"], "bad_instances.jsonl:1: 'instances' must be a non-empty list of objects"),
         (["--seeds", str(EN_SEEDS), "--template", "missing.txt"], "missing.txt: no such file"),
         (["--seeds", str(EN_SEEDS), "--template", "{no_slot}"], "has no {examples} slot"),
         (["--seeds", str(EN_SEEDS), "--template", "{examples_only}", "--constraint", "Be kind."],
@@ -375,6 +376,7 @@ def test_bad_seeds_and_templates_exit_2_without_output(fake_server, tmp_path, ex
         "no_tasks": ("no_tasks.json", "[]"),
         "no_output": ("no_output.jsonl", '{"instruction": "a", "instances": [{"input": "", "output": "b"}]}\n'
                                          '{"instruction": "c", "instances": [{"input": "", "output": ""}]}\n'),
+        "bad_instances": ("bad_instances.jsonl", '{"instruction": "a", "instances": {"input": "", "output": "b"}}\n'),
         "no_slot": ("no_slot.txt", "Write {num_tasks} tasks.\n{requirements}\n"),
         "examples_only": ("examples_only.txt", "Write tasks.\n{examples}"),
     }
@@ -523,6 +525,8 @@ def test_blocklist_matches_whole_words_in_any_case():
         ("Yes", "en", True),
         ("The answer depends on the season and the local weather.", "en", True),
         ("Le chat dort sur le canapé depuis ce matin.", "en", False),
+        ("Paris", "en", True),
+        ("Guten Morgen, wie geht es dir heute?", "en", False),
         ("请解释一下这句话的意思。", "zh", True),
         ("Please explain what this sentence means.", "zh", False),
         ("Yes", "zh", False),
@@ -531,6 +535,40 @@ def test_blocklist_matches_whole_words_in_any_case():
 )
 def test_language_check(text, lang, expected):
     assert language_matches(text, lang) is expected
+
+
+def test_requests_in_flight_follow_what_is_still_needed(fake_server, tmp_path, monkeypatch):
+    """A small --num must not pay for --concurrency answers (it used to send 16 requests to use 5), while a
+    large one still keeps every slot busy."""
+    monkeypatch.setenv("OPENAI_BASE_URL", fake_server.base_url)
+    teacher = Teacher("en")
+    lock = threading.Lock()
+    in_flight = peak = 0
+
+    def slow(body, number):
+        nonlocal in_flight, peak
+        with lock:
+            in_flight += 1
+            peak = max(peak, in_flight)
+        time.sleep(0.05)
+        with lock:
+            in_flight -= 1
+        return teacher(body, number)
+
+    fake_server.script = slow
+
+    def run(name: str, num: int, concurrency: int) -> int:
+        fake_server.requests.clear()
+        result = generate(SelfInstructOptions(output=tmp_path / name, num=num, endpoint=EndpointOptions(
+            model="fake", concurrency=concurrency)), progress=False)
+        assert result.exit_code == 0 and result.written == num
+        return len(fake_server.requests)
+
+    assert run("small.json", 20, 16) <= 7, "about 4 new tasks per answer: 5 answers are needed"
+    assert peak <= 3
+    peak = 0
+    assert run("large.json", 200, 8) <= 60
+    assert peak == 8
 
 
 def test_python_api_with_alpaca_seed_file(fake_server, tmp_path, monkeypatch):

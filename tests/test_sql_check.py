@@ -58,6 +58,12 @@ def test_broken_schema_or_query_gives_the_reason(schema, query, expected):
     assert not verdict.ok and expected in verdict.problem
 
 
+def test_sql_that_runs_as_written_is_never_transpiled(monkeypatch):
+    """Transpiling costs milliseconds per text; SQLite answers, the common case, must not pay for it."""
+    monkeypatch.setattr("distillery.sql_check.transpile", lambda sql, dialect: pytest.fail("transpiled"))
+    assert check_sql(SHOP, "SELECT name FROM customers WHERE city = 'Lyon'").ok
+
+
 def test_mysql_schema_is_transpiled():
     schema = (
         "CREATE TABLE `users` (`id` INT(11) NOT NULL AUTO_INCREMENT, `email` VARCHAR(255) NOT NULL, "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from conftest import ANCHORS, run_cli
@@ -10,7 +11,7 @@ from tiny_tokenizer import build_tiny_tokenizer
 
 from distillery.errors import InputError
 from distillery.stats import StatsOptions, collect_stats, summarize
-from distillery.tokens import load_tokenizer
+from distillery.tokens import count_words, load_tokenizer
 
 RECORDS = [
     {"instruction": "Name three colours.", "input": "", "output": "Red, green and blue."},
@@ -50,12 +51,36 @@ def test_word_counts_treat_each_cjk_character_as_a_word(mixed):
     assert stats["formats"] == {"alpaca": 1, "sharegpt": 1, "openai": 1}
     assert (stats["with_system"], stats["multi_turn"], stats["with_tool_calls"]) == (1, 2, 1)
     assert stats["turns"] == summarize([2, 4, 4])
-    # prompts: 3 words; 你是助手 4 + 你好 2 + "What is 2 + 2?" 5 = 11; "weather?" 1 + "18C sunny" 2 = 3
-    assert stats["prompt"] == summarize([3, 11, 3])
-    # replies: 4 words; "你好！有什么可以帮你？" 9 CJK + 2 punctuation marks + "4" = 12;
+    # prompts: 3 words; 你是助手 4 + 你好 2 + "What is 2 + 2?" 4 (a lone "+" is no word) = 10;
+    # "weather?" 1 + "18C sunny" 2 = 3
+    assert stats["prompt"] == summarize([3, 10, 3])
+    # replies: 4 words; "你好！有什么可以帮你？" 9 CJK (its punctuation is no word) + "4" = 10;
     # '{"city": "Paris"}' 2 + "It is 18C and sunny." 5 = 7
-    assert stats["response"] == summarize([4, 12, 7])
-    assert stats["total"] == summarize([7, 23, 10])
+    assert stats["response"] == summarize([4, 10, 7])
+    assert stats["total"] == summarize([7, 20, 10])
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("Don't panic: it's 18C.", 4),
+        ("你好！有什么可以帮你？", 9),
+        ("日本語のテキスト and 한국어", 12),
+        ("a = b + c — 👍 …", 3),
+        ("snake_case ___ 3.14", 2),
+        ("", 0),
+    ],
+)
+def test_count_words_rule(text, words):
+    """The rule stats and report share: CJK characters, plus runs holding a letter or digit."""
+    assert count_words(text) == words
+
+
+def test_count_words_stays_linear_on_long_punctuation_runs():
+    """A regex that backtracks over each start of a run took seconds on a 20,000-character rule line."""
+    started = time.perf_counter()
+    assert count_words("=" * 200_000 + " end") == 1
+    assert time.perf_counter() - started < 0.5
 
 
 def test_token_counts_come_from_the_tokenizer(mixed, tmp_path):

@@ -23,6 +23,7 @@ from distillery.verbs import singular, verb_object
         ("Given a list of numbers, sort them in ascending order and return the largest.", "sort", None),
         ("Given the following text, identify the main idea.", "identify", "idea"),
         ("Come up with three ideas for a science fair.", "come", "idea"),
+        ("Set up a weekly meeting with the team.", "set", "meeting"),
         ('Re-write the sentence "I am happy" in the passive voice.', "rewrite", "sentence"),
         ("Classify the following sentence as positive or negative", "classify", "sentence"),
         ("Create a story involving a talking mouse and an elephant.", "create", "story"),

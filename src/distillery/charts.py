@@ -37,7 +37,7 @@ def _rect(x: float, y: float, w: float, h: float, fill: str, title: str) -> str:
             f"<title>{escape(title)}</title></rect>")
 
 
-def bars(labels: Sequence[str], counts: Sequence[int], fill: str, label: str, unit: str = "records",
+def bars(labels: Sequence[str], counts: Sequence[int], fill: str, label: str, unit: str,
          width: int = 380, height: int = 170) -> str:
     """Vertical bars over ordered bins (a histogram when the labels are ranges)."""
     left, bottom, top = 36, 30, 12
@@ -61,11 +61,10 @@ def _tick_positions(n: int, most: int = 6) -> list[int]:
     return list(range(0, n, stride))
 
 
-def hbars(rows: Sequence[tuple[str, int]], fill: str, label: str, total: int | None = None,
-          width: int = 380) -> str:
-    """Horizontal bars with counts and shares: categories such as languages or verbs."""
+def hbars(rows: Sequence[tuple[str, int]], fill: str, label: str, width: int = 380) -> str:
+    """Horizontal bars with counts and shares of their sum: categories such as languages."""
     row_h, left, right = 18, 110, 90
-    total = total if total is not None else sum(count for _, count in rows)
+    total = sum(count for _, count in rows)
     peak = max((count for _, count in rows), default=0) or 1
     body = []
     for i, (name, count) in enumerate(rows):

@@ -1,9 +1,10 @@
 """`distillery clean`: Vicuna's ShareGPT cleaning as one streaming, parallel recipe with a reason per drop.
 
-The per-record work (HTML to markdown, special tokens, structure, content filters, language detection
-batched per chunk, planning the split) runs in `workers` processes on chunks of records, consumed in input
-order through a bounded window, so memory stays flat whatever the input size. Reading, the order-dependent
-dedup and writing happen in this process over the ordered stream.
+The per-record work (HTML to markdown, special tokens, structure, content filters, language detection,
+planning the split) runs in `workers` processes on chunks of records, consumed in input order through a
+bounded window, so memory stays flat whatever the input size. Reading, the language filter (and detection
+for the few conversations too short for lingua's low-accuracy mode, see `add_language`), the
+order-dependent dedup and writing happen in this process over the ordered stream.
 Every stage is a pipeline Filter or Step, so each counts what came in, what went out and what was
 dropped for which reason, and every drop lands in the rejected file.
 
@@ -32,10 +33,9 @@ from typing import Any
 
 from distillery.dedup import ExactIndex, MinHashIndex, normalize
 from distillery.errors import InputError, UserError
-from distillery.formats import OPENAI, SHAREGPT, detect_format
 from distillery.html2md import clean_turn
 from distillery.io import iter_located, open_writer, sidecar, write_json
-from distillery.langid import detect_languages, known_code
+from distillery.langid import LOW_ACCURACY_MIN_CHARS, detect_language, known_code
 from distillery.pipeline import Filter, Record, StageStats, Step, run_pipeline
 from distillery.tokens import TokenCounter
 
@@ -43,7 +43,7 @@ HUMAN, GPT, SYSTEM = "human", "gpt", "system"
 ROLES = {
     "human": HUMAN, "user": HUMAN,
     "gpt": GPT, "chatgpt": GPT, "assistant": GPT, "bard": GPT, "bing": GPT,
-    "system": SYSTEM,
+    "system": SYSTEM, "developer": SYSTEM,
 }
 ANY_ROLE = "any"
 
@@ -141,6 +141,8 @@ class CleanOptions:
             raise UserError("--max-tokens must be positive; --template-tokens and --min-chars not negative")
         if self.near_dup is not None and not 0.0 < self.near_dup < 1.0:
             raise UserError(f"--near-dup must be between 0 and 1 (exclusive), got {self.near_dup}")
+        if self.num_perm < 16:
+            raise UserError(f"--num-perm must be at least 16, got {self.num_perm}")
         if not self.detect_lang and (self.langs or self.skip_langs):
             raise UserError("--lang and --skip-lang need language detection; leave out --no-detect-lang")
         for code in (*self.langs, *self.skip_langs):
@@ -176,9 +178,9 @@ class CleanReport:
         return dict(self.__dict__)
 
 
-def stage_summary(step: Step, notes: Counter | None = None) -> dict[str, Any]:
+def stage_summary(stats: StageStats, notes: Counter | None = None) -> dict[str, Any]:
     """A stage's counts plus its notes: edits that drop nothing (cuts, splits, languages seen)."""
-    return {**step.stats.as_dict(), "notes": dict(notes or {})}
+    return {**stats.as_dict(), "notes": dict(notes or {})}
 
 
 class Stage(Filter):
@@ -365,8 +367,8 @@ _TURN_PEEK_CHARS = 2000
 
 def language_sample(record: Record) -> str:
     """What the user writes, without code (which says nothing about the conversation's language); the
-    replies fill in when the user wrote too little. Long enough for lingua's trigram-only mode (over
-    about 120 letters, several times cheaper and as accurate), short enough to stay cheap."""
+    replies fill in when the user wrote too little. Long enough for lingua's low-accuracy mode in all but
+    short conversations, and no longer, as lingua's cost grows with the text."""
     sample = ""
     for role in (HUMAN, GPT):
         for turn in record["conversations"]:
@@ -375,17 +377,23 @@ def language_sample(record: Record) -> str:
     return sample.strip()[:_LANG_SAMPLE_CHARS]
 
 
-def add_languages(records: list[Record]) -> None:
-    """Set `lang` (ISO 639-1, or null when the text has no language) on a chunk of records, in the worker
-    that cleaned them: the samples are long enough for lingua's low-accuracy mode (~70 MB per process),
-    so detection spreads over the workers like the rest of the per-record work."""
-    found = detect_languages([language_sample(record) for record in records])
-    for record, lang in zip(records, found, strict=True):
-        record["lang"] = lang
+def add_language(record: Record, short_too: bool = True) -> None:
+    """Set `lang` (ISO 639-1, or null when the text has no language) from the record's language sample.
+
+    A sample of LOW_ACCURACY_MIN_CHARS or more goes to lingua's low-accuracy mode (~70 MB, 0.2 s to
+    load). A shorter one needs its high-accuracy models, about 1 GB and 5 s to load per process; so the
+    workers (`short_too=False`) leave such a record without `lang` and the parent's Language stage, one
+    process, finishes it. Short conversations are few (about 1% of benchmarks/clean.py's corpus).
+    """
+    sample = language_sample(record)
+    if short_too or len(sample) >= LOW_ACCURACY_MIN_CHARS:
+        record["lang"] = detect_language(sample)
+    else:
+        record.pop("lang", None)  # an input's own `lang` must not pass for a detected one
 
 
 class Language(Stage):
-    """Keeps or skips languages by the `lang` that `add_languages` set."""
+    """Keeps or skips languages by `lang`, first detecting it where a worker left it out (see add_language)."""
 
     name = "language"
 
@@ -395,6 +403,8 @@ class Language(Stage):
         self.skip_langs = set(skip_langs)
 
     def keep(self, record: Record) -> bool | tuple[bool, str]:
+        if "lang" not in record:
+            add_language(record)
         lang = record["lang"]
         self.notes[lang or "none"] += 1
         if self.langs and lang not in self.langs:
@@ -402,6 +412,9 @@ class Language(Stage):
         if lang in self.skip_langs:
             return False, "language_skipped"
         return True
+
+
+PLAN_KEY = "__split_plan__"  # where a kept record carries its split plan from the worker to Split
 
 
 @dataclass
@@ -474,14 +487,12 @@ class Splitter:
 
 def normalize_record(record: Record, where: str, position: int) -> Record:
     """A ShareGPT record with canonical roles and the system prompt lifted out; malformed input raises."""
-    try:
-        layout = detect_format(record, where)
-    except InputError:
-        layout = None
-    if layout not in (SHAREGPT, OPENAI):
+    if "conversations" in record:
+        key, role_key, text_key = "conversations", "from", "value"
+    elif "messages" in record:
+        key, role_key, text_key = "messages", "role", "content"
+    else:
         raise InputError(where, "missing 'conversations' (ShareGPT) or 'messages' (OpenAI) list")
-    key, role_key, text_key = ("conversations", "from", "value") if layout == SHAREGPT else (
-        "messages", "role", "content")
     raw = record[key]
     if not isinstance(raw, list):
         raise InputError(where, f"'{key}' is not a list")
@@ -508,20 +519,24 @@ def normalize_record(record: Record, where: str, position: int) -> Record:
             out["conversations"] = turns
         elif field_name != "system":
             out[field_name] = field_value
-    out.setdefault("id", str(position))
+    if out.get("id") is None:
+        out["id"] = str(position)
+    elif not isinstance(out["id"], str | int | float) or isinstance(out["id"], bool):
+        raise InputError(where, f"'id' is {type(out['id']).__name__}, expected a string or a number")
     if system:
         out["system"] = system
     return out
 
 
-DROPPED, KEPT = 0, 1
-
-
 @dataclass
 class ChunkResult:
-    """One chunk's outcomes in input order, plus its stage counts to add up in the parent."""
+    """One chunk's records in input order, plus its stage counts to add up in the parent.
 
-    outcomes: list[tuple[Any, ...]]
+    An outcome is `(record, None, None)` for a kept record (its split plan under PLAN_KEY) and
+    `(record, stage, reason)` for a dropped one.
+    """
+
+    outcomes: list[tuple[Record, str | None, str | None]]
     stages: list[dict[str, Any]]
     error: str | None = None
 
@@ -540,30 +555,22 @@ class RecordCleaner:
         ]
         self.splitter = Splitter(counter, options.max_tokens, options.template_tokens, options.long_round)
         self.detect_lang = options.detect_lang
-        self._dropped: list[tuple[Record, str, str]] = []
-        for stage in self.stages:
-            stage.reject = lambda record, name, reason: self._dropped.append((record, name, reason))
 
     def run(self, chunk: list[tuple[int, str, Record]]) -> ChunkResult:
         for stage in self.stages:
             stage.stats, stage.notes = StageStats(stage.name), Counter()
-        outcomes: list[tuple[Any, ...]] = []
+        outcomes: list[tuple[Record, str | None, str | None]] = []
+        normalized = (normalize_record(raw, where, position) for position, where, raw in chunk)
         try:
-            for position, where, raw in chunk:
-                record = normalize_record(raw, where, position)
-                self._dropped.clear()
-                stream: Iterable[Record] = (record,)
-                for stage in self.stages:
-                    stream = stage(stream)
-                if list(stream):
-                    outcomes.append((KEPT, record, self.splitter.plan(record)))
-                else:
-                    outcomes.append((DROPPED, *self._dropped[0]))
+            # The steps are generators taking one record at a time, so drops and keeps arrive in input order.
+            for record in run_pipeline(normalized, self.stages, lambda *dropped: outcomes.append(dropped)):
+                if self.detect_lang:
+                    add_language(record, short_too=False)
+                record[PLAN_KEY] = self.splitter.plan(record)
+                outcomes.append((record, None, None))
         except UserError as exc:  # crosses the process boundary as text, raised again in the parent
             return ChunkResult([], [], str(exc))
-        if self.detect_lang:
-            add_languages([outcome[1] for outcome in outcomes if outcome[0] == KEPT])
-        return ChunkResult(outcomes, [stage_summary(stage, stage.notes) for stage in self.stages])
+        return ChunkResult(outcomes, [stage_summary(stage.stats, stage.notes) for stage in self.stages])
 
 
 _worker: RecordCleaner | None = None
@@ -642,9 +649,6 @@ class Dedup(Filter):
         return True
 
 
-PLAN_KEY = "__split_plan__"
-
-
 class Split(Step):
     """Writes the pieces the workers planned: `{id}_{k}` each, with the system prompt and other fields."""
 
@@ -688,19 +692,20 @@ def clean(input_path: str | os.PathLike[str], output_path: str | os.PathLike[str
     started = time.perf_counter()
     output = Path(output_path)
     rejected = Path(rejected_path) if rejected_path else sidecar(output, ".rejected.jsonl")
+    if rejected.resolve() == output.resolve():
+        raise UserError(f"--rejected {rejected} is the same file as the output")
     summary_path = sidecar(output, ".summary.json")
     if options.tokenizer:
         TokenCounter.from_option(options.tokenizer)  # a bad tokenizer fails here, before any worker starts
-    read = Step()
-    read.stats.name = "read"
+    read = StageStats("read")
     worker_stages: dict[str, dict[str, Any]] = {}
     parent_steps: list[Step] = [Language(options.langs, options.skip_langs)] if options.detect_lang else []
     parent_steps += [Dedup(options.exact_dedup, options.near_dup, options.num_perm), Split()]
 
     def counted() -> Iterator[tuple[str, Record]]:
         for item in iter_located(input_path):
-            read.stats.seen += 1
-            read.stats.kept += 1
+            read.seen += 1
+            read.kept += 1
             yield item
 
     with open_writer(output) as out, open_writer(rejected) as bin_:
@@ -715,23 +720,21 @@ def clean(input_path: str | os.PathLike[str], output_path: str | os.PathLike[str
                     raise UserError(result.error)
                 for stage in result.stages:
                     _merge(worker_stages, stage)
-                for outcome in result.outcomes:
-                    if outcome[0] == DROPPED:
-                        reject(*outcome[1:])
-                    else:
-                        record = outcome[1]
-                        record[PLAN_KEY] = outcome[2]
+                for record, stage, reason in result.outcomes:
+                    if reason is None:
                         yield record
+                    else:
+                        reject(record, stage, reason)
 
         out.write_all(run_pipeline(cleaned(), parent_steps, reject))
-        if read.stats.seen == 0:
+        if read.seen == 0:
             raise InputError(input_path, "holds no records")
     stages = [stage_summary(read)]
     stages += [{**s, "dropped": dict(s["dropped"]), "notes": dict(s["notes"])} for s in worker_stages.values()]
-    stages += [stage_summary(step, getattr(step, "notes", None)) for step in parent_steps]
+    stages += [stage_summary(step.stats, getattr(step, "notes", None)) for step in parent_steps]
     report = CleanReport(
         input=str(input_path), output=str(output), rejected=str(rejected), summary=str(summary_path),
-        records_in=read.stats.seen, records_out=out.count, rejected_count=bin_.count,
+        records_in=read.seen, records_out=out.count, rejected_count=bin_.count,
         seconds=round(time.perf_counter() - started, 3), workers=options.process_count, stages=stages,
     )
     write_json(summary_path, report.as_dict())

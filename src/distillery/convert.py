@@ -11,14 +11,14 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from distillery.errors import InputError, UserError
 from distillery.formats import ALPACA, FORMATS, OPENAI, SHAREGPT, convert_record, detect_format
-from distillery.io import RecordWriter, iter_located, open_writer, sidecar, write_json
+from distillery.io import RecordWriter, iter_located, open_writer, read_text, sidecar, write_json
 
 DATASET_INFO = "dataset_info.json"
 SHAREGPT_TAGS = {
@@ -66,6 +66,7 @@ class ConvertResult:
     formats: Counter = field(default_factory=Counter)
     rejected_path: Path | None = None
     dataset_info: Path | None = None
+    entry_name: str | None = None
     entry: dict[str, Any] | None = None
 
 
@@ -82,6 +83,11 @@ class RejectFile:
         self.default = default
         self._writer: RecordWriter | None = None
         self._keep = False
+
+    @classmethod
+    def beside(cls, output: Path, given: Path | None) -> RejectFile:
+        """The user's --rejected path, else OUTPUT.rejected.jsonl (the default, cleared when unused)."""
+        return cls(given or sidecar(output, ".rejected.jsonl"), default=given is None)
 
     @property
     def count(self) -> int:
@@ -111,21 +117,19 @@ class RejectFile:
 def convert_file(input_path: str | Path, output: str | Path, options: ConvertOptions) -> ConvertResult:
     output = Path(output)
     result = ConvertResult(output, options.to)
-    rejects = RejectFile(options.rejected or sidecar(output, ".rejected.jsonl"), default=options.rejected is None)
+    rejects = RejectFile.beside(output, options.rejected)
     columns: set[str] = set()
     info = read_dataset_info(options.dataset_info) if options.dataset_info is not None else None
     with rejects, open_writer(output) as writer:
-        converted = _convert_all(input_path, options, result, rejects)
-        if options.dataset_info is not None:
-            converted = _registered(converted, options.to, columns)
-        writer.write_all(converted)
+        writer.write_all(_convert_all(input_path, options, result, rejects, columns))
         if not result.records:
             raise InputError(input_path, "holds no records")
     result.written, result.rejected = writer.count, rejects.count
     result.rejected_path = rejects.path if rejects.count else None
-    if options.dataset_info is not None and info is not None:
+    if info is not None:
         result.entry = dataset_info_entry(output, options.dataset_info, options.to, columns)
-        info[options.name or output.stem] = result.entry
+        result.entry_name = options.name or output.stem
+        info[result.entry_name] = result.entry
         result.dataset_info = Path(options.dataset_info) / DATASET_INFO
         result.dataset_info.parent.mkdir(parents=True, exist_ok=True)
         write_json(result.dataset_info, info)
@@ -133,29 +137,32 @@ def convert_file(input_path: str | Path, output: str | Path, options: ConvertOpt
 
 
 def _convert_all(
-    input_path: str | Path, options: ConvertOptions, result: ConvertResult, rejects: RejectFile
+    input_path: str | Path, options: ConvertOptions, result: ConvertResult, rejects: RejectFile, columns: set[str]
 ) -> Iterator[dict[str, Any]]:
+    """Converted records; with --dataset-info, `columns` collects the optional columns they use."""
     for where, record in iter_located(input_path):
         result.records += 1
         try:
             result.formats[detect_format(record, where)] += 1
-            yield convert_record(record, options.to, where)
+            converted = convert_record(record, options.to, where)
+            if options.dataset_info is not None:
+                _register(converted, where, options.to, columns)
         except InputError as exc:
             if not options.skip_invalid:
                 raise
             rejects.write({"where": where, "reason": str(exc).removeprefix(f"{where}: "), "record": record})
+            continue
+        yield converted
 
 
-def _registered(records: Iterable[dict[str, Any]], to: str, columns: set[str]) -> Iterator[dict[str, Any]]:
-    """Note the optional columns in use, and refuse what LLaMA-Factory's loader would misread."""
-    for number, record in enumerate(records, start=1):
-        if to == OPENAI and any(message.get("tool_calls") for message in record["messages"]):
-            raise UserError(
-                f"converted record {number} calls tools, and LLaMA-Factory reads OpenAI-format files with its "
-                "sharegpt loader, which ignores tool_calls; use --to sharegpt for a LLaMA-Factory dataset"
-            )
-        columns.update(key for key in _OPTIONAL_COLUMNS[to] if record.get(key))
-        yield record
+def _register(record: dict[str, Any], where: str, to: str, columns: set[str]) -> None:
+    """Note the optional columns in use, and refuse a record LLaMA-Factory's loader would misread."""
+    if to == OPENAI and any(message.get("tool_calls") for message in record["messages"]):
+        raise InputError(
+            where, "calls tools, and LLaMA-Factory reads OpenAI-format files with its sharegpt loader, which "
+            "ignores tool_calls; use --to sharegpt for a LLaMA-Factory dataset"
+        )
+    columns.update(key for key in _OPTIONAL_COLUMNS[to] if record.get(key))
 
 
 def dataset_info_entry(output: Path, directory: Path, to: str, columns: set[str]) -> dict[str, Any]:
@@ -187,8 +194,8 @@ def read_dataset_info(directory: Path) -> dict[str, Any]:
     if not path.exists():
         return {}
     try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        info = json.loads(read_text(path))
+    except json.JSONDecodeError as exc:
         raise InputError(path, f"not valid JSON: {exc}") from None
     if not isinstance(info, dict):
         raise InputError(path, "expected a JSON object of dataset entries")

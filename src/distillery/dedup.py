@@ -10,7 +10,6 @@ instead of none at all.
 
 from __future__ import annotations
 
-import itertools
 import math
 import re
 import time
@@ -101,7 +100,7 @@ def _elements(codes: list[int]) -> list[int]:
 
 
 class RougeIndex:
-    """Incremental exact ROUGE-L: `find_duplicate` decides, `query`/`most_similar` report.
+    """Incremental exact ROUGE-L: `find_duplicate` decides, `query` and `scores` report.
 
     F = 2 * LCS / (len_a + len_b) and LCS <= the multiset token overlap, so the Dice coefficient of token
     multisets bounds F from above. Exact filters use that bound before any LCS is computed:
@@ -187,17 +186,6 @@ class RougeIndex:
             return 0.0, None
         best = int(np.argmax(scores))
         return float(scores[best]), self._texts[best]
-
-    def most_similar(self, text: str, k: int = 10) -> list[tuple[str, float]]:
-        """Top k by F, highest first, earliest added first on ties (Alpaca's `most_similar_instructions`)."""
-        scores = self.scores(text)
-        k = min(k, len(scores))
-        if k <= 0:
-            return []
-        kth = np.partition(scores, len(scores) - k)[len(scores) - k]
-        tied = np.flatnonzero(scores >= kth)
-        order = tied[np.lexsort((tied, -scores[tied]))][:k]
-        return [(self._texts[i], float(scores[i])) for i in order]
 
     def scores(self, text: str) -> np.ndarray:
         """F of `text` against every added text, in insertion order (one C++ pass, no pruning)."""
@@ -473,21 +461,19 @@ def dedup_file(
         raise UserError(f"--rejected {rejected_path} is the same file as the output")
     start = time.perf_counter()
     pool = pool_texts(against, options.field)
-    located = iter_located(input_path)
-    first = next(located, None)  # a missing, empty or unreadable INPUT fails before any file is opened
-    if first is None:
-        raise InputError(input_path, "holds no records")
     seen = 0
 
     def counted() -> Iterator[tuple[str, Record]]:
         nonlocal seen
-        for item in itertools.chain([first], located):
+        for item in iter_located(input_path):
             seen += 1
             yield item
 
-    with ExitStack() as stack:
+    with ExitStack() as stack:  # on any error the writers remove their temporary files: no partial output
         writer = stack.enter_context(open_writer(output_path))
         rejected = stack.enter_context(open_writer(rejected_path)) if rejected_path is not None else None
         on_reject = None if rejected is None else lambda duplicate: rejected.write(duplicate.as_dict())
         writer.write_all(_dedup_located(counted(), pool, options, on_reject))
+        if not seen:
+            raise InputError(input_path, "holds no records")
     return DedupSummary(seen=seen, kept=writer.count, pool=len(pool), seconds=time.perf_counter() - start)

@@ -30,7 +30,7 @@ from typing import Any
 from distillery.cache import canonical_request, remove_state, state_path
 from distillery.cost import RunStats
 from distillery.errors import UserError
-from distillery.io import file_format, sidecar, write_json, write_records
+from distillery.io import file_format, read_text, sidecar, write_json, write_records
 from distillery.journal import Journal
 from distillery.llm import (
     LLM,
@@ -70,7 +70,8 @@ _SORRY = re.compile(r"sorry|抱歉|对不起", re.IGNORECASE)
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3040-\u30ff]+")
 _WORD = re.compile(r"[^\W_]+")
 
-# Rule 3: an answer made only of punctuation and these words carries nothing.
+# Rule 3: an answer made only of punctuation and these words carries nothing. The English list is NLTK's,
+# plus fillers; words are split at apostrophes, so "isn't" is "isn" and "t" and both are listed.
 EN_STOPWORDS = frozenset("""
 a about above after again against all am an and any are as at be because been before being below between
 both but by can could did do does doing down during each few for from further had has have having he her
@@ -78,7 +79,8 @@ here hers herself him himself his how i if in into is it its itself just me more
 now of off on once only or other our ours ourselves out over own same she should so some such than that the
 their theirs them themselves then there these they this those through to too under until up very was we were
 what when where which while who whom why will with would you your yours yourself yourselves also oh um uh
-hmm well s t d ll m re ve don
+hmm well s t d ll m re ve don ain aren couldn didn doesn hadn hasn haven isn mightn mustn needn shan shouldn
+wasn weren won wouldn
 """.split())
 ZH_STOPWORDS = frozenset("""
 的 了 着 过 是 在 和 与 及 或 也 都 就 而 又 把 被 让 给 对 从 向 于 以 之 其 这 那 这个 那个 这些 那些 这样
@@ -130,6 +132,8 @@ class EvolOptions:
     templates: Path | None = None
 
     def validate(self) -> None:
+        """Reject impossible settings before anything is read, sent or written."""
+        file_format(self.output)
         if self.rounds < 1:
             raise UserError("--rounds must be at least 1")
         if self.lang not in LANGS:
@@ -167,7 +171,7 @@ class Templates:
         relative = f"{name}.txt" if self.lang == "en" else f"{self.lang}/{name}.txt"
         custom = directory / relative if directory is not None else None
         if custom is not None and custom.is_file():
-            text, where = custom.read_text(encoding="utf-8"), str(custom)
+            text, where = read_text(custom), str(custom)
         else:
             text, where = (files("distillery") / "data/templates/evol" / relative).read_text(encoding="utf-8"), name
         missing = [p for p in _PLACEHOLDERS.get(name, ("{instruction}",)) if p not in text]
@@ -314,7 +318,6 @@ class EvolResult:
 
 def evol(options: EvolOptions, progress: bool = True) -> EvolResult:
     """Evolve every seed for `options.rounds` rounds; the API behind `distillery evol`."""
-    file_format(options.output)
     options.validate()
     endpoint = options.endpoint.resolve()
     templates = Templates(options.lang, options.templates)

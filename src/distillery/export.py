@@ -26,7 +26,7 @@ from distillery.chat_templates import BUILTIN_NAMES, Rendered, RenderError, Span
 from distillery.convert import RejectFile
 from distillery.errors import InputError, UserError
 from distillery.formats import to_messages
-from distillery.io import iter_located, open_writer, sidecar
+from distillery.io import iter_located, open_writer
 from distillery.tokens import load_tokenizer
 
 IGNORE_INDEX = -100
@@ -343,7 +343,7 @@ def export_file(input_path: str | Path, output: str | Path, options: ExportOptio
     output = Path(output)
     encoder = LabelEncoder(load_tokenizer(options.tokenizer), options.template, options.allow_template_mismatch)
     result = ExportResult(output, encoder.template.name)
-    rejects = RejectFile(options.rejected or sidecar(output, ".rejected.jsonl"), default=options.rejected is None)
+    rejects = RejectFile.beside(output, options.rejected)
     result.rejected = rejects.path
     with rejects, open_writer(output) as writer:
         for where, record in iter_located(input_path):

@@ -21,17 +21,22 @@ from distillery.errors import InputError
 
 ALPACA, SHAREGPT, OPENAI = "alpaca", "sharegpt", "openai"
 FORMATS = (ALPACA, SHAREGPT, OPENAI)
-USER_ROLES = {"human", "user"}
 SPLIT_KEY = "instruction_chars"
 INPUT_JOIN = "\n\n"
 
 _ALPACA_KEYS = ("instruction", "input", "output", "system", "history")
 _OWN_KEYS = {ALPACA: set(_ALPACA_KEYS), SHAREGPT: {"conversations", "system"}, OPENAI: {"messages"}}
-_SHAREGPT_ROLES = {
+# ShareGPT speaker names, matched case-insensitively. Raw share-page dumps (before `clean`) name the
+# assistant after the product that answered (chatgpt, bard, bing); the name carries no meaning a trainer
+# reads, so it is read as the assistant here, once, for every command.
+SHAREGPT_ROLES = {
     "human": "user",
     "user": "user",
     "gpt": "assistant",
     "assistant": "assistant",
+    "chatgpt": "assistant",
+    "bard": "assistant",
+    "bing": "assistant",
     "system": "system",
     "function_call": "function_call",
     "observation": "tool",
@@ -61,7 +66,7 @@ def detect_format(record: dict[str, Any], where: str = "record") -> str:
 
 
 def first_user_turn(record: dict[str, Any], where: str = "record") -> str:
-    """The text a conversation is 'about': what dedup and reports compare."""
+    """The text a conversation is 'about': what dedup compares. Lenient: it reads, never validates."""
     layout = detect_format(record, where)
     if layout == ALPACA:
         return str(record.get("instruction") or "")
@@ -70,7 +75,8 @@ def first_user_turn(record: dict[str, Any], where: str = "record") -> str:
     if not isinstance(turns, list):
         raise InputError(where, f"'{'conversations' if layout == SHAREGPT else 'messages'}' is not a list")
     for turn in turns:
-        if isinstance(turn, dict) and turn.get(role_key) in USER_ROLES:
+        speaker = turn.get(role_key) if isinstance(turn, dict) else None
+        if isinstance(speaker, str) and SHAREGPT_ROLES.get(speaker.lower()) == "user":
             return str(turn.get(text_key) or "")
     return ""
 
@@ -209,7 +215,8 @@ def _sharegpt_messages(record: dict[str, Any], where: str) -> list[dict[str, Any
     for number, turn in enumerate(turns, start=1):
         if not isinstance(turn, dict):
             raise InputError(where, f"turn {number} is not an object with 'from' and 'value'")
-        role = _SHAREGPT_ROLES.get(turn.get("from"))  # type: ignore[arg-type]
+        speaker = turn.get("from")
+        role = SHAREGPT_ROLES.get(speaker.lower()) if isinstance(speaker, str) else None
         if role is None:
             raise InputError(where, f"turn {number} has unknown role {turn.get('from')!r}")
         value = _text(turn.get("value"), where, f"turn {number} 'value'")
@@ -295,8 +302,10 @@ def _check_call(call: Any, where: str, number: int) -> dict[str, Any]:
 
 
 def _sharegpt_from_messages(messages: list[dict[str, Any]], where: str) -> list[dict[str, Any]]:
+    """ShareGPT turns; call ids are dropped, as results answer calls by position there."""
     names = {"system": "system", "user": "human", "assistant": "gpt", "tool": "observation"}
     turns = []
+    pending_ids: list[Any] = []
     for number, message in enumerate(messages, start=1):
         extras = {key: value for key, value in message.items() if key not in _MESSAGE_KEYS}
         if message.get("tool_calls"):
@@ -304,10 +313,23 @@ def _sharegpt_from_messages(messages: list[dict[str, Any]], where: str) -> list[
                 raise InputError(
                     where, f"message {number} has both text and tool calls; a ShareGPT turn holds one of them"
                 )
+            pending_ids = [call.get("id") for call in message["tool_calls"]]
             turns.append({"from": "function_call", "value": _calls_value(message["tool_calls"]), **extras})
         else:
+            if message["role"] == "tool":
+                _check_answers_next(message.get("tool_call_id"), pending_ids, where, number)
             turns.append({"from": names[message["role"]], "value": message["content"], **extras})
     return turns
+
+
+def _check_answers_next(answered: Any, pending_ids: list[Any], where: str, number: int) -> None:
+    """A tool result must answer the next unanswered call, or the ShareGPT record would pair it wrongly."""
+    expected = pending_ids.pop(0) if pending_ids else None
+    if answered is not None and expected is not None and answered != expected:
+        raise InputError(
+            where, f"message {number} answers tool call {answered!r} where {expected!r} is next; ShareGPT "
+            "pairs results with calls by position, so it would answer the wrong call"
+        )
 
 
 def _calls_value(tool_calls: list[dict[str, Any]]) -> str:

@@ -100,7 +100,7 @@ def _children(node: LexborNode, ctx: int) -> str:
             continue
         elif tag == "li":
             list_items += 1
-            piece = _li(kid, ctx, node.tag == "ol" and node, list_items)
+            piece = _li(kid, ctx, node if node.tag == "ol" else None, list_items)
         elif tag in ("ul", "ol"):
             following = next((k for k in kids[index + 1:] if _is_content(k)), None)
             piece = _list(kid, ctx, following is not None and following.tag not in ("ul", "ol"))

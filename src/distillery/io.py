@@ -51,6 +51,21 @@ def _first_byte(handle) -> bytes:
             return stripped[:1]
 
 
+def read_text(path: str | os.PathLike[str]) -> str:
+    """A user-supplied text file (a template, say), with a one-line error instead of a traceback."""
+    path = Path(path)
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(path, "no such file") from None
+    except IsADirectoryError:
+        raise InputError(path, "is a directory, expected a text file") from None
+    except UnicodeDecodeError as exc:
+        raise InputError(path, f"not UTF-8 text at byte {exc.start}") from None
+    except OSError as exc:
+        raise InputError(path, f"cannot read it ({exc.strerror or exc})") from None
+
+
 def iter_located(path: str | os.PathLike[str]) -> Iterator[tuple[str, Record]]:
     """Yield (location, record) pairs; the location is what an error about that record should cite."""
     path = Path(path)

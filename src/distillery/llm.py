@@ -203,6 +203,7 @@ class LLM:
         self._pacer = _Pacer(self.options.rpm, self.options.tpm)
         self._in_flight: dict[str, asyncio.Future[ChatResult]] = {}
         self._ever_answered = False
+        self._token_limit_field = "max_tokens"
 
     async def __aenter__(self) -> LLM:
         return self
@@ -269,12 +270,14 @@ class LLM:
                     body = await self._client.post(
                         "/chat/completions",
                         cast_to=str,
-                        body={"model": self.options.model, "messages": messages, **sendable},
+                        body={"model": self.options.model, "messages": messages, **self._wire(sendable)},
                     )
                     return self._accept(json.loads(body))
                 except openai.APIStatusError as exc:
                     status = exc.status_code
                     last_error, kind = f"HTTP {status}: {_short(exc.message)}", f"http_{status}"
+                    if status == 400 and self._token_limit_renamed(exc.message, sendable):
+                        continue
                     if status in _FATAL_STATUS:
                         raise UserError(
                             f"{self.options.base_url} answered HTTP {status} ({_FATAL_STATUS[status]}) for model "
@@ -297,6 +300,20 @@ class LLM:
         if kind == "connection" and not self._ever_answered:
             raise UserError(f"cannot reach {self.options.base_url}: {self.redact(last_error)}")
         return ChatResult(None, error=self.redact(last_error))
+
+    def _wire(self, params: dict[str, Any]) -> dict[str, Any]:
+        if self._token_limit_field != "max_tokens" and "max_tokens" in params:
+            params = {**params, self._token_limit_field: params["max_tokens"]}
+            del params["max_tokens"]
+        return params
+
+    def _token_limit_renamed(self, message: str, params: dict[str, Any]) -> bool:
+        """OpenAI's reasoning models (o-series, gpt-5) refuse `max_tokens` and ask for
+        `max_completion_tokens`; switch once for the rest of the run instead of failing every request."""
+        if "max_tokens" not in params or "max_completion_tokens" not in message:
+            return False
+        self._token_limit_field = "max_completion_tokens"
+        return True
 
     def _accept(self, response: dict[str, Any]) -> ChatResult:
         """Read the answer from raw JSON: the SDK's typed models cost a millisecond of CPU per request,
@@ -348,12 +365,19 @@ async def run_bounded(jobs: Iterable[T], worker: Callable[[T], Awaitable[None]],
         if not pending:
             break
         done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-        failure = next((task.exception() for task in done if task.exception() is not None), None)
+        failure = _first_failure(done)
     if pending:
         await asyncio.wait(pending)
-        failure = failure or next((t.exception() for t in pending if t.exception() is not None), None)
+        late_failure = _first_failure(pending)
+        failure = failure or late_failure
     if failure is not None:
         raise failure
+
+
+def _first_failure(tasks: Iterable[asyncio.Task[None]]) -> BaseException | None:
+    """Collect every finished task's exception (an unread one is logged by asyncio as a traceback)."""
+    failures = [failure for failure in (task.exception() for task in tasks) if failure is not None]
+    return failures[0] if failures else None
 
 
 _DONE = object()

@@ -6,7 +6,8 @@ all-pairs ROUGE-L) and the examples table. Charts are finished SVG and the examp
 the page loads nothing, runs only its own script (a Content-Security-Policy pins it by hash), and stays
 small for 100K records.
 
-Lengths are tokens with a tokenizer; without one, words, where each CJK character counts as one word.
+Lengths are counted as `stats` counts them (`stats.length_counter`: tokens with a tokenizer, else words),
+for a batch of records at a time; medians and p90s are nearest-rank, as `stats` gives them too.
 
 Rejections are read from files beside INPUT: `INPUT.summary.json` (a run summary) and
 `INPUT.rejected.jsonl` (one dropped record per line), or from the files named by `--summary` and
@@ -26,12 +27,13 @@ import hashlib
 import json
 import os
 import random
-import re
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import resources
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -42,15 +44,13 @@ from distillery.charts import Ring, Stage
 from distillery.dedup import RougeIndex, normalize
 from distillery.errors import InputError, UserError
 from distillery.formats import ALPACA, detect_format, to_messages
-from distillery.io import iter_located, sidecar
+from distillery.io import iter_located, read_text, sidecar
 from distillery.langid import detect_languages
-from distillery.tokens import TokenCounter
+from distillery.stats import LengthCounter, length_counter, summarize
 from distillery.verbs import verb_object
 
 FIELDS = ("instruction", "input", "output")
-_CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3040-\u30ff\uac00-\ud7af"
-_CJK_CHAR = re.compile(f"[{_CJK}]")
-_WORD = re.compile(f"[^\\s{_CJK}]*[^\\W{_CJK}][^\\s{_CJK}]*")  # a run holding a letter or digit
+_BATCH = 1024  # records whose texts are measured together: one tokenizer call per field and batch
 _TEXT_CLIP = 4000
 _SHOW_CLIP = 1200
 _PAIR_CLIP = 400
@@ -162,8 +162,7 @@ class Profile:
         return sum(self.verbs.values())
 
     def median(self, name: str) -> int:
-        values = sorted(self.lengths[name])
-        return values[len(values) // 2] if values else 0
+        return summarize(self.lengths[name])["p50"]
 
     @property
     def mean_turns(self) -> float:
@@ -183,21 +182,6 @@ class Report:
     profiles: list[Profile]
 
 
-class _Measure:
-    """Length of a text: tokens with a tokenizer, else words with each CJK character counted as one."""
-
-    def __init__(self, counter: TokenCounter):
-        self.counter = counter
-        self.unit = "tokens" if counter.exact else "words"
-
-    def __call__(self, text: str) -> int:
-        if not text:
-            return 0
-        if self.counter.exact:
-            return self.counter.count(text)
-        return len(_CJK_CHAR.findall(text)) + len(_WORD.findall(text))
-
-
 def _string(record: dict[str, Any], key: str, where: str) -> str:
     value = record.get(key)
     if value is None:
@@ -213,11 +197,8 @@ def _texts(record: dict[str, Any], where: str) -> tuple[str, str, str, str, int 
     if layout == ALPACA:
         return layout, _string(record, "instruction", where), _string(record, "input", where), \
             _string(record, "output", where), None
-    try:
-        turns = [(m["role"], m["content"], bool(m.get("tool_calls")))
-                 for m in to_messages(record, where) if m["role"] != "system"]
-    except InputError:
-        turns = _raw_turns(record, where)
+    turns = [(m["role"], m["content"], bool(m.get("tool_calls")))
+             for m in to_messages(record, where) if m["role"] != "system"]
     instruction = output = ""
     for position, (role, content, _) in enumerate(turns):
         if role == "user":
@@ -228,28 +209,29 @@ def _texts(record: dict[str, Any], where: str) -> tuple[str, str, str, str, int 
     return layout, instruction, "", output, len(turns)
 
 
-def _raw_turns(record: dict[str, Any], where: str) -> list[tuple[str, str, bool]]:
-    """Raw dumps (roles such as chatgpt or bard, stray system turns) are shown as clean reads them."""
-    from distillery.clean import GPT, HUMAN, normalize_record
-
-    roles = {HUMAN: "user", GPT: "assistant"}
-    turns = normalize_record(record, where, 0)["conversations"]
-    return [(roles.get(turn["from"], turn["from"]), turn["value"], False) for turn in turns]
-
-
 def _display_names(paths: list[Path]) -> list[str]:
     names = [p.name for p in paths]
     return [str(p) if names.count(p.name) > 1 else p.name for p in paths]
 
 
-def _profile(path: Path, name: str, options: ReportOptions, measure: _Measure) -> Profile:
+def _read(
+    path: Path, measure: LengthCounter
+) -> Iterator[tuple[int, str, str, str, str, int | None, tuple[int, int, int]]]:
+    """(number, layout, instruction, input, output, turns, lengths) per record. Lengths are measured for a
+    batch of records at once, so a tokenizer gets one call per field and batch rather than one per text."""
+    located = enumerate(iter_located(path), start=1)
+    while batch := [(number, *_texts(record, where)) for number, (where, record) in islice(located, _BATCH)]:
+        lengths = zip(*(measure([row[column] for row in batch]) for column in (2, 3, 4)), strict=True)
+        for row, sizes in zip(batch, lengths, strict=True):
+            yield (*row, sizes)
+
+
+def _profile(path: Path, name: str, options: ReportOptions, measure: LengthCounter) -> Profile:
     profile = Profile(name=name, path=path)
     rng = random.Random(options.seed)
     keep = max(options.sample, options.dup_sample, options.lang_sample)
     seen_keys: set[int] = set()
-    for number, (where, record) in enumerate(iter_located(path), start=1):
-        layout, instruction, given, output, turns = _texts(record, where)
-        lengths = (measure(instruction), measure(given), measure(output))
+    for number, layout, instruction, given, output, turns, lengths in _read(path, measure):
         profile.records = number
         profile.formats[layout] += 1
         if turns is not None:
@@ -411,10 +393,8 @@ def _figures(doc: Any) -> list[tuple[str, str]]:
 
 def _read_summary(path: Path) -> Any:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(path, "no such file") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return json.loads(read_text(path))
+    except json.JSONDecodeError as exc:
         raise InputError(path, f"not a JSON run summary: {exc}") from None
 
 
@@ -454,7 +434,7 @@ def _rebuild_stages(by_stage: dict[str, Counter], final: int) -> list[Stage]:
 
 def collect(options: ReportOptions) -> list[Profile]:
     """Read every input and compute what the page shows."""
-    measure = _Measure(TokenCounter.from_option(options.tokenizer))
+    measure = length_counter(options.tokenizer)
     names = _display_names(options.inputs)
     profiles = [_profile(path, name, options, measure) for path, name in zip(options.inputs, names, strict=True)]
     _detect_languages(profiles, options.lang_sample)
@@ -497,11 +477,6 @@ def _edges(top: int) -> list[int]:
     return edges
 
 
-def _percentile(values: list[int], share: float) -> int:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(share * len(ordered)))] if ordered else 0
-
-
 def _length_charts(profiles: list[Profile], name: str, unit: str) -> list[dict[str, Any]]:
     """Histograms on shared logarithmic bins, so inputs compare at a glance whatever their tails."""
     edges = _edges(max((max(p.lengths[name], default=0) for p in profiles), default=0))
@@ -512,9 +487,10 @@ def _length_charts(profiles: list[Profile], name: str, unit: str) -> list[dict[s
         counts = [0] * len(labels)
         for value in values:
             counts[bisect.bisect_right(edges, value) - 1] += 1
+        summary = summarize(values)
         panels.append({
             "name": profile.name, "color": charts.color(index), "count": len(values),
-            "median": _percentile(values, 0.5), "p90": _percentile(values, 0.9), "max": max(values, default=0),
+            "median": summary["p50"], "p90": summary["p90"], "max": summary["max"],
             "svg": Markup(charts.bars(labels, counts, charts.color(index), f"{name} length in {unit}: {profile.name}",
                                       unit="records")) if values else None,
         })

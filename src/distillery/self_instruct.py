@@ -10,17 +10,22 @@ response is processed in one SQLite transaction that journals its accepted and r
 the request done. A re-run replays the journal, rebuilds the dedup index, re-issues journaled requests
 that were never processed with identical messages (so answered ones come from the cache), and numbers new
 requests after the last one issued.
+
+Requests cost money, so one is sent only while the tasks still wanted exceed what the requests in flight
+are expected to yield: a large --num keeps all --concurrency slots busy, and a small --num (or the end of
+any run) sends few more requests than it needs.
 """
 
 from __future__ import annotations
 
+import asyncio
 import random
 import re
 import sqlite3
 import string
 import time
 import unicodedata
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -34,7 +39,7 @@ from distillery.cache import remove_state, state_path
 from distillery.cost import RunStats
 from distillery.dedup import RougeIndex
 from distillery.errors import InputError, UserError
-from distillery.io import file_format, iter_located, sidecar, write_json, write_records
+from distillery.io import file_format, iter_located, read_text, sidecar, write_json, write_records
 from distillery.journal import Journal
 from distillery.langid import detect_language, known_code
 from distillery.llm import (
@@ -64,7 +69,10 @@ BLOCKLIST_ZH = ("图片", "图像", "照片", "视频", "音频", "文件", "图
 CHARACTER_LANGS = {"zh", "ja", "ko"}  # instruction length is counted in characters, not words
 LENGTH_DEFAULTS = {"words": (4, 150), "characters": (6, 300)}  # Alpaca drops <= 3 and > 150 words
 
-_SHORT_LETTERS = 20  # below this, lingua guesses ("Yes" -> Tsonga); short ASCII text passes for English
+# lingua is wrong about half the time on English under 20 letters ("Yes" -> Tsonga, "Paris" -> Latin)
+# and about 10 % of the time at 20-30 letters, while it still names short French or German sentences
+# correctly from about 20 letters; so only ASCII text shorter than this passes for English undetected.
+_SHORT_LETTERS = 20
 _STALL_LIMIT = 100  # answers in a row without one accepted record: the run cannot progress
 _MIN_FAILURE_LIMIT = 10
 _TOP_SIMILAR = 10
@@ -192,9 +200,8 @@ def load_seeds(spec: str) -> list[Record]:
         name = spec.removeprefix("builtin:")
         resource = _SEEDS / f"{name}.jsonl"
         if not resource.is_file():
-            known = sorted(f"builtin:{p.name.removesuffix('.jsonl')}" for p in _SEEDS.iterdir()) \
-                if _SEEDS.is_dir() else []
-            raise UserError(f"unknown seed set {spec!r}; built-in sets: {', '.join(known) or 'none installed'}")
+            known = sorted(f"builtin:{p.name.removesuffix('.jsonl')}" for p in _SEEDS.iterdir())
+            raise UserError(f"unknown seed set {spec!r}; built-in sets: {', '.join(known)}")
         with resources.as_file(resource) as path:
             return _read_seeds(path)
     return _read_seeds(Path(spec))
@@ -203,11 +210,13 @@ def load_seeds(spec: str) -> list[Record]:
 def _read_seeds(path: Path) -> list[Record]:
     seeds = []
     for where, record in iter_located(path):
-        task = record["instances"][0] if record.get("instances") else record
-        if "instances" in record and not record["instances"]:
-            raise InputError(where, "seed task has an empty 'instances' list")
-        if not isinstance(task, dict):
-            raise InputError(where, "'instances' must hold objects with 'input' and 'output'")
+        instances = record.get("instances")
+        if instances is None:
+            task = record
+        elif isinstance(instances, list) and instances and isinstance(instances[0], dict):
+            task = instances[0]
+        else:
+            raise InputError(where, "'instances' must be a non-empty list of objects with 'input' and 'output'")
         seed = {"instruction": record.get("instruction"), "input": task.get("input") or "",
                 "output": task.get("output")}
         for name, value in seed.items():
@@ -217,17 +226,6 @@ def _read_seeds(path: Path) -> list[Record]:
     if not seeds:
         raise InputError(path, "holds no seed tasks")
     return seeds
-
-
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise UserError(f"{path}: is a directory, expected a template text file") from None
-    except UnicodeDecodeError as exc:
-        raise UserError(f"{path}: not UTF-8 text at byte {exc.start}") from None
 
 
 @dataclass(frozen=True)
@@ -241,7 +239,7 @@ class PromptTemplate:
     @classmethod
     def load(cls, options: SelfInstructOptions) -> PromptTemplate:
         if options.template is not None:
-            text, source = _read_text(options.template), str(options.template)
+            text, source = read_text(options.template), str(options.template)
         else:
             name = f"self_instruct_{options.lang}.txt"
             text, source = (_TEMPLATES / name).read_text(encoding="utf-8"), f"built-in {name}"
@@ -395,7 +393,12 @@ class OutputFilter(Filter):
 
 
 def language_matches(text: str, lang: str) -> bool:
-    """Whether `text` is in `lang`; text with no letters carries no language and passes."""
+    """Whether `text` may be kept as `lang` (detected offline by lingua).
+
+    Text with no letters (numbers, formulas) carries no language and passes; Chinese needs a Han character.
+    Plain-ASCII text with fewer than 20 letters passes for English without detection, because short answers
+    such as "Yes", "Paris" or "3 ft = 36 in." are English far more often than lingua can tell.
+    """
     letters = sum(ch.isalpha() for ch in text)
     if not letters:
         return True
@@ -517,8 +520,12 @@ class _Run:
         self.filters = build_filters(options, index)
         done = {entry["request"] for entry in self.processed_log}
         issued = {entry["request"]: entry["messages"] for entry in self.issued}
-        self.pending = [(number, issued[number]) for number in sorted(issued) if number not in done]
+        self.pending = deque((number, issued[number]) for number in sorted(issued) if number not in done)
         self.next_request = max(issued, default=-1) + 1
+        self.answers = len(done)
+        self.prior_yield = (options.tasks_per_request - options.prompt_examples) / 2
+        self.in_flight = 0
+        self.changed = asyncio.Event()
         self.stopped: str | None = None
         self.failures_in_a_row = 0
         self.failure_limit = max(_MIN_FAILURE_LIMIT, 2 * llm.options.concurrency)
@@ -539,21 +546,49 @@ class _Run:
         text = self.template.render(examples, self.requirements, self.options.tasks_per_request)
         return [{"role": "user", "content": text}]
 
-    def requests(self) -> Iterator[tuple[int, list[dict[str, str]]]]:
-        """Unprocessed requests of earlier runs first, as they were sent, then new ones, until done."""
-        for job in self.pending:
-            if self.finished:
-                return
-            yield job
+    def slots(self) -> Iterator[None]:
+        """One job per request slot for as long as tasks are wanted; `send` decides whether and what to send."""
         while not self.finished:
-            number = self.next_request
-            self.next_request += 1
-            messages = self.prompt(number)
-            self.issued.append({"request": number, "messages": messages})
-            yield number, messages
+            yield None
 
-    async def handle(self, job: tuple[int, list[dict[str, str]]]) -> None:
-        number, messages = job
+    def worth_sending(self) -> bool:
+        """Whether the tasks still wanted exceed what the requests in flight are expected to yield.
+
+        An answer is expected to yield as many tasks as the answers so far did on average, with a prior of
+        half the new tasks a prompt asks for counted as one answer. So a large --num keeps every
+        --concurrency slot busy, while a small one (or the last few tasks of any run) is not bought with
+        answers that nobody will use.
+        """
+        per_answer = (len(self.accepted) + self.prior_yield) / (self.answers + 1)
+        return len(self.accepted) + per_answer * self.in_flight < self.options.num
+
+    async def send(self, _slot: None) -> None:
+        """Wait until another request is worth paying for, then send the oldest unprocessed one, or a new one."""
+        while not (self.finished or self.worth_sending()):
+            await self.changed.wait()
+        if self.finished:
+            return
+        number, messages = self.pending.popleft() if self.pending else self.issue()
+        self.in_flight += 1
+        try:
+            await self.handle(number, messages)
+        except BaseException as exc:
+            self.stopped = self.stopped or str(exc) or type(exc).__name__  # the waiting slots must quit too
+            raise
+        finally:
+            self.in_flight -= 1
+            self.changed.set()
+            self.changed = asyncio.Event()
+
+    def issue(self) -> tuple[int, list[dict[str, str]]]:
+        """A new request, numbered after every earlier one and journaled before it is sent."""
+        number = self.next_request
+        self.next_request += 1
+        messages = self.prompt(number)
+        self.issued.append({"request": number, "messages": messages})
+        return number, messages
+
+    async def handle(self, number: int, messages: list[dict[str, str]]) -> None:
         params = {} if self.seed is None else {"seed": self.seed + number}
         result = await self.llm.chat(ChatRequest(messages, sample=number, params=params))
         if len(self.accepted) >= self.options.num:
@@ -601,6 +636,7 @@ class _Run:
                 "request": number, "parsed": len(tasks), "accepted": accepted,
                 "unused": len(tasks) - accepted - filtered, "parse_failures": len(parsed.failures),
             })
+        self.answers += 1
         if self.progress is not None:
             self.progress.advance(accepted)
         return accepted
@@ -636,7 +672,7 @@ async def _generate(
             with RunProgress("self-instruct", options.num, stats, enabled=progress) as bar:
                 bar.advance(min(len(run.accepted), options.num))
                 run.progress = bar
-                await run_bounded(run.requests(), run.handle, limit=llm.options.concurrency)
+                await run_bounded(run.slots(), run.send, limit=llm.options.concurrency)
         finally:
             outcome.update(
                 accepted=run.accepted,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import re
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import sqlglot
@@ -80,14 +80,16 @@ def transpile(sql: str, dialect: str) -> str | None:
     return ";\n".join(statements) if statements else None
 
 
-def _variants(sql: str, dialects: Sequence[str]) -> list[str]:
-    """The text as written first, then each distinct transpilation of it."""
-    variants = [sql]
+def _variants(sql: str, dialects: Sequence[str]) -> Iterator[str]:
+    """The text as written first, then each distinct transpilation of it, made only if the previous failed
+    (transpiling costs milliseconds, far more than running the SQL)."""
+    seen = {sql}
+    yield sql
     for dialect in dialects:
         rewritten = transpile(sql, dialect)
-        if rewritten is not None and rewritten not in variants:
-            variants.append(rewritten)
-    return variants
+        if rewritten is not None and rewritten not in seen:
+            seen.add(rewritten)
+            yield rewritten
 
 
 def _message(exc: sqlite3.Error) -> str:

@@ -2,6 +2,9 @@
 
 The estimate is one token per CJK character plus 1.3 tokens per other word, close to what
 LLaMA-family BPE vocabularies produce on English and Chinese chat text.
+
+`count_words` is the length unit `stats` and `report` show when there is no tokenizer, so the two
+commands agree on every text.
 """
 
 from __future__ import annotations
@@ -17,12 +20,24 @@ from distillery.errors import UserError
 _CJK = r"\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3040-\u30ff\uac00-\ud7af"
 _CJK_CHAR = re.compile(f"[{_CJK}]")
 _WORD = re.compile(f"[^\\s{_CJK}]+")
+_LETTER_OR_DIGIT = re.compile(r"[^\W_]")
 TOKENS_PER_WORD = 1.3
 
 
 def estimate_tokens(text: str) -> int:
     """One per CJK character, 1.3 per whitespace-separated word, rounded up."""
     return len(_CJK_CHAR.findall(text)) + math.ceil(TOKENS_PER_WORD * len(_WORD.findall(text)))
+
+
+def count_words(text: str) -> int:
+    """Words, where each CJK character (Han, kana, Hangul) is one word, as Chinese and Japanese have no spaces.
+
+    Other words are runs between whitespace and CJK characters that hold a letter or digit: "18C" and
+    "don't" are one word each, while punctuation or emoji alone ("—", "！", "=", "👍") is none, so
+    lengths measure text rather than layout. Each run is tested on its own, which keeps the cost linear
+    even on long runs of punctuation.
+    """
+    return len(_CJK_CHAR.findall(text)) + sum(1 for run in _WORD.findall(text) if _LETTER_OR_DIGIT.search(run))
 
 
 def load_tokenizer(name_or_path: str) -> Any:

@@ -47,7 +47,7 @@ outline output paraphrase parse pick plan point predict prepare present prioriti
 proofread propose prove provide quote rank rate read rearrange recall recommend recreate refactor
 reformat rephrase replace reply report represent research resolve respond restate restructure retrieve
 return reverse review revise rewrite reword role-play roleplay round say score search select
-separate share shorten show simplify simulate solve sort specify speculate spell split state step
+separate set share shorten show simplify simulate solve sort specify speculate spell split state step
 substitute suggest sum summarise summarize supply swap tag take teach tell test think train transform
 translate traverse turn type underline update use validate verify visualize visualise write
 """.split())

@@ -145,6 +145,17 @@ def test_query_reports_the_best_score_and_the_earliest_text_on_ties():
         RougeIndex(1.5)
 
 
+def test_most_similar_orders_by_score_then_insertion():
+    index = RougeIndex()
+    for text in ["write a poem", "write a short poem", "write a poem", "cook rice", "write code"]:
+        index.add(text)
+    top = index.most_similar("write a poem", k=3)
+    assert top == [("write a poem", 1.0), ("write a poem", 1.0), ("write a short poem", reference_score(
+        "write a poem", "write a short poem"))]
+    assert [text for text, _ in index.most_similar("write a poem", k=10)][-1] == "cook rice"
+    assert RougeIndex().most_similar("anything") == []
+
+
 def chinese_variants(text: str, rng: random.Random) -> list[str]:
     positions = [i for i, ch in enumerate(text) if "\u4e00" <= ch <= "\u9fff"]
     one, two = sorted(rng.sample(positions, 2))

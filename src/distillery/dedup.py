@@ -100,7 +100,7 @@ def _elements(codes: list[int]) -> list[int]:
 
 
 class RougeIndex:
-    """Incremental exact ROUGE-L: `find_duplicate` decides, `query` and `scores` report.
+    """Incremental exact ROUGE-L: `find_duplicate` decides, `query`, `most_similar` and `scores` report.
 
     F = 2 * LCS / (len_a + len_b) and LCS <= the multiset token overlap, so the Dice coefficient of token
     multisets bounds F from above. Exact filters use that bound before any LCS is computed:
@@ -186,6 +186,11 @@ class RougeIndex:
             return 0.0, None
         best = int(np.argmax(scores))
         return float(scores[best]), self._texts[best]
+
+    def most_similar(self, text: str, k: int = 10) -> list[tuple[str, float]]:
+        """Top k by F, highest first, earliest added first on ties (Alpaca's `most_similar_instructions`)."""
+        scores = self.scores(text)
+        return [(self._texts[i], float(scores[i])) for i in np.argsort(-scores, kind="stable")[:k]]
 
     def scores(self, text: str) -> np.ndarray:
         """F of `text` against every added text, in insertion order (one C++ pass, no pruning)."""

@@ -130,7 +130,8 @@ def _locate_json_error(path: Path, record: int, exc: Exception) -> InputError:
             json.loads(path.read_bytes())
         except json.JSONDecodeError as precise:
             return InputError(
-                path, f"invalid JSON at byte {precise.pos} (column {precise.colno}): {precise.msg}",
+                path,
+                f"invalid JSON at byte {precise.pos} (column {precise.colno}): {precise.msg}",
                 line=precise.lineno,
             )
         except UnicodeDecodeError as bad_bytes:
@@ -232,14 +233,23 @@ def write_records(path: str | os.PathLike[str], records: Iterable[Record], layou
     return writer.count
 
 
+def write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Atomically write a whole text file (a summary, a report page): complete or absent, never partial."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp_name = _make_temp(path)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(temp_name, path)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+
+
 def write_json(path: str | os.PathLike[str], value: Any) -> None:
     """Atomically write one JSON document, such as a run summary."""
-    path = Path(path)
-    fd, temp_name = _make_temp(path)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump(value, handle, ensure_ascii=False, indent=2)
-        handle.write("\n")
-    os.replace(temp_name, path)
+    write_text(path, json.dumps(value, ensure_ascii=False, indent=2) + "\n")
 
 
 def sidecar(path: str | os.PathLike[str], suffix: str) -> Path:

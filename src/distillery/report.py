@@ -25,7 +25,6 @@ import base64
 import bisect
 import hashlib
 import json
-import os
 import random
 import time
 from collections import Counter
@@ -44,7 +43,7 @@ from distillery.charts import Ring, Stage
 from distillery.dedup import RougeIndex, normalize
 from distillery.errors import InputError, UserError
 from distillery.formats import ALPACA, detect_format, to_messages
-from distillery.io import iter_located, read_text, sidecar
+from distillery.io import iter_located, read_text, sidecar, write_text
 from distillery.langid import detect_languages
 from distillery.stats import LengthCounter, length_counter, summarize
 from distillery.verbs import verb_object
@@ -452,18 +451,8 @@ def build_report(options: ReportOptions) -> Report:
     profiles = collect(options)
     unit = "tokens" if options.tokenizer else "words"
     page = render(profiles, options, unit)
-    _write_atomic(options.output, page)
+    write_text(options.output, page)
     return Report(options.output, len(page.encode("utf-8")), time.perf_counter() - start, unit, profiles)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        temp.write_text(text, encoding="utf-8")
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
 
 
 def _edges(top: int) -> list[int]:

@@ -45,11 +45,13 @@ def load_tokenizer(name_or_path: str) -> Any:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-    path = Path(name_or_path)
+    path = Path(name_or_path).expanduser()
+    if not path.exists() and (name_or_path.startswith(("/", ".", "~")) or path.suffix == ".json"):
+        raise UserError(f"{name_or_path}: no such tokenizer file or directory")
     try:
         if path.is_file():
             return PreTrainedTokenizerFast(tokenizer_file=str(path))
-        return AutoTokenizer.from_pretrained(name_or_path)
+        return AutoTokenizer.from_pretrained(str(path) if path.exists() else name_or_path)
     except Exception as exc:  # transformers raises OSError, ValueError and others for a bad tokenizer
         raise UserError(f"cannot load tokenizer {name_or_path!r}: {str(exc).splitlines()[0]}") from None
 

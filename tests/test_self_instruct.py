@@ -531,6 +531,8 @@ def test_blocklist_matches_whole_words_in_any_case():
         ("Please explain what this sentence means.", "zh", False),
         ("Yes", "zh", False),
         ("42", "zh", True),
+        ("| Name | Age |\n|---|---|\n| Bob | 3 |", "en", True),
+        ("Das ist ein kurzer deutscher Satz hier.", "en", False),
     ],
 )
 def test_language_check(text, lang, expected):
@@ -597,3 +599,4 @@ def test_builtin_seed_sets_load_and_sql_seeds_run():
     english_pool = examples_pool(sql, "en", 3)
     assert len(english_pool) == len(sql) - len(chinese) and not any(seed in chinese for seed in english_pool)
     assert examples_pool(sql, "zh", 3) == sql, "too few Chinese seeds to vary the prompts: all are shown"
+

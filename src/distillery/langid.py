@@ -42,6 +42,22 @@ def detect_language(text: str) -> str | None:
     return _code(_detector(len(sample) >= LOW_ACCURACY_MIN_CHARS).detect_language_of(sample))
 
 
+def is_language(text: str, code: str, tolerance: float = 0.5) -> bool:
+    """Whether `text` can pass as language `code`: lingua's top guess, or a runner-up whose confidence is at
+    least `tolerance` times the top one. Markdown tables and terse lists score nearly flat across related
+    languages, and a filter that must not reject genuine text should not bet on a coin toss; a sentence
+    in another language scores far below the top (German text as English: 0.002 against 0.93)."""
+    sample = _prepare(text)
+    if sample is None:
+        return True
+    detector = _detector(len(sample) >= LOW_ACCURACY_MIN_CHARS)
+    values = detector.compute_language_confidence_values(sample)
+    if not values or values[0].value == 0:
+        return False
+    wanted = next((item.value for item in values if item.language.iso_code_639_1.name.lower() == code), 0.0)
+    return wanted >= tolerance * values[0].value
+
+
 def detect_languages(texts: Sequence[str]) -> list[str | None]:
     """Batch detection; lingua spreads each batch over its own threads."""
     samples = [_prepare(text) for text in texts]

@@ -41,7 +41,7 @@ from distillery.dedup import RougeIndex
 from distillery.errors import InputError, UserError
 from distillery.io import file_format, iter_located, read_text, sidecar, write_json, write_records
 from distillery.journal import Journal
-from distillery.langid import detect_language, known_code
+from distillery.langid import is_language, known_code
 from distillery.llm import (
     LLM,
     ChatRequest,
@@ -397,7 +397,8 @@ def language_matches(text: str, lang: str) -> bool:
 
     Text with no letters (numbers, formulas) carries no language and passes; Chinese needs a Han character.
     Plain-ASCII text with fewer than 20 letters passes for English without detection, because short answers
-    such as "Yes", "Paris" or "3 ft = 36 in." are English far more often than lingua can tell.
+    such as "Yes", "Paris" or "3 ft = 36 in." are English far more often than lingua can tell; longer text
+    passes when `lang` is lingua's top guess or a close runner-up (see `langid.is_language`).
     """
     letters = sum(ch.isalpha() for ch in text)
     if not letters:
@@ -406,7 +407,7 @@ def language_matches(text: str, lang: str) -> bool:
         return False  # cannot be Chinese; deciding it here also spares lingua loading its Latin models
     if lang == "en" and text.isascii() and letters < _SHORT_LETTERS:
         return True
-    return detect_language(text) == lang
+    return is_language(text, lang)
 
 
 class LanguageFilter(Filter):

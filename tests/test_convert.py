@@ -48,7 +48,8 @@ def test_parquet_keeps_fields_that_first_appear_after_row_one(tmp_path):
     assert read_records(back) == json.loads(ALPACA_ZH.read_text(encoding="utf-8"))
 
 
-def test_parquet_loads_with_hugging_face_datasets_when_installed(tmp_path):
+def test_parquet_loads_with_hugging_face_datasets(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     datasets = pytest.importorskip("datasets")
     out = tmp_path / "glaive.parquet"
     convert_file(GLAIVE, out, ConvertOptions(to="openai"))

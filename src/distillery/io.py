@@ -174,13 +174,13 @@ class RecordWriter:
         fd, temp_name = _make_temp(self.path)
         self._temp = Path(temp_name)
         self._handle = os.fdopen(fd, "w", encoding="utf-8")
-        self._rows: list[Record] = []
+        self._parquet = _ParquetSink(self._temp) if self.layout == "parquet" else None
         if self.layout == "json":
             self._handle.write("[")
 
     def write(self, record: Record) -> None:
-        if self.layout == "parquet":
-            self._rows.append(record)
+        if self._parquet is not None:
+            self._parquet.add(record)
         elif self.layout == "jsonl":
             self._handle.write(json.dumps(record, ensure_ascii=False) + "\n")
         else:
@@ -197,22 +197,84 @@ class RecordWriter:
         self._handle.flush()
         os.fsync(self._handle.fileno())
         self._handle.close()
-        if self.layout == "parquet":
-            _write_parquet(self._temp, self._rows)
+        if self._parquet is not None:
+            self._parquet.close()
         os.replace(self._temp, self.path)
 
     def abort(self) -> None:
         self._handle.close()
+        if self._parquet is not None:
+            self._parquet.close()
         self._temp.unlink(missing_ok=True)
 
 
-def _write_parquet(path: Path, rows: list[Record]) -> None:
-    """Columns are the union of every row's keys: pyarrow alone would take them from the first row."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+class _ParquetSink:
+    """Parquet in row groups, so memory stays flat however many records go out.
 
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-    pq.write_table(pa.Table.from_pylist([{key: row.get(key) for key in columns} for row in rows]), path)
+    Columns are the union of every row's keys (pyarrow alone would take them from the first row). A batch
+    that brings a new column or a wider type rewrites what was written once, under the unified schema:
+    rare, since the records of one output usually share their shape.
+    """
+
+    batch_rows = 10_000
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.rows: list[Record] = []
+        self.columns: dict[str, None] = {}
+        self.writer: Any = None
+
+    def add(self, row: Record) -> None:
+        self.rows.append(row)
+        if len(self.rows) >= self.batch_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if not self.rows:
+            return
+        self.columns.update(dict.fromkeys(key for row in self.rows for key in row))
+        table = pa.Table.from_pylist([{key: row.get(key) for key in self.columns} for row in self.rows])
+        self.rows = []
+        if self.writer is not None and not table.schema.equals(self.writer.schema):
+            try:
+                table = table.cast(self.writer.schema)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError):
+                self.writer.close()
+                written = pq.read_table(self.path)
+                schema = pa.unify_schemas([written.schema, table.schema], promote_options="permissive")
+                self.writer = pq.ParquetWriter(self.path, schema)
+                self.writer.write_table(_conform(written, schema))
+                table = _conform(table, schema)
+        if self.writer is None:
+            self.writer = pq.ParquetWriter(self.path, table.schema)
+        self.writer.write_table(table)
+
+    def close(self) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        self.flush()
+        if self.writer is None:
+            pq.write_table(pa.table({}), self.path)
+        else:
+            self.writer.close()
+            self.writer = None
+
+
+def _conform(table: Any, schema: Any) -> Any:
+    """`table` under `schema`: missing columns become nulls, present ones are cast to the wider type."""
+    import pyarrow as pa
+
+    columns = [
+        table.column(field.name).cast(field.type)
+        if field.name in table.column_names
+        else pa.nulls(table.num_rows, field.type)
+        for field in schema
+    ]
+    return pa.Table.from_arrays(columns, schema=schema)
 
 
 @contextmanager

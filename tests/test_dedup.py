@@ -253,6 +253,7 @@ def test_cli_keeps_records_unchanged_in_order_and_writes_rejected(tmp_path):
     assert [row["record"] for row in dropped] == [RECORDS[1], RECORDS[4]]
     assert dropped[0]["most_similar"] == RECORDS[0]["instruction"] and dropped[0]["score"] == 1.0
     assert dropped[1]["where"] == f"{source}:5" and dropped[1]["score"] == pytest.approx(8 / 9)
+    assert {(row["stage"], row["reason"]) for row in dropped} == {("dedup", "near_duplicate")}
     assert "kept" in done.stdout and "dropped (rouge-l > 0.7)" in done.stdout and "175" in done.stdout
 
 

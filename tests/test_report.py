@@ -142,15 +142,15 @@ def test_rejection_funnel_rebuilt_from_rejected_file(tmp_path: Path) -> None:
 
 
 def test_dedup_rejected_file(tmp_path: Path) -> None:
-    """`dedup --rejected` lines carry `most_similar` and `score`, not a reason: they count as near-duplicates."""
+    """`dedup --rejected` lines wrap the record and name their stage and reason like every other command."""
     raw = write_json(tmp_path / "raw.json", [*ALPACA[:3], {"instruction": "Write a poem about the seas"}])
     dedup_file(raw, tmp_path / "kept.json", rejected_path=tmp_path / "dups.jsonl")
     options = ReportOptions([tmp_path / "kept.json"], output=tmp_path / "r.html", rejected=[tmp_path / "dups.jsonl"],
                             lang_sample=0)
     rejections = collect(options)[0].rejections
     assert [(s.name, s.seen, s.kept, s.dropped) for s in rejections.stages] == [
-        ("dedup", 4, 2, {"near-duplicate": 2})]
-    assert rejections.examples["near-duplicate"] == ["Write a poem about the sky", "Write a poem about the seas"]
+        ("dedup", 4, 2, {"near_duplicate": 2})]
+    assert rejections.examples["near_duplicate"] == ["Write a poem about the sky", "Write a poem about the seas"]
 
 
 def test_reason_map_summary(tmp_path: Path) -> None:

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from distillery.io import sidecar
+
 _MIGRATIONS = [
     """
     CREATE TABLE responses (
@@ -82,15 +84,16 @@ def connect(path: str | Path) -> sqlite3.Connection:
 
 def state_path(output: str | Path) -> Path:
     """Where a run keeps its cache and journal: beside OUTPUT, so each output resumes on its own."""
-    output = Path(output)
-    return output.with_name(output.name + ".cache.sqlite")
+    return sidecar(output, ".cache.sqlite")
 
 
-def remove_state(path: str | Path) -> None:
-    """Forget everything stored for one output, including SQLite's WAL side files."""
-    path = Path(path)
-    for suffix in ("", "-wal", "-shm"):
-        path.with_name(path.name + suffix).unlink(missing_ok=True)
+def prepare_state(output: str | Path, fresh: bool) -> None:
+    """Called before a run opens its state: with --fresh, everything stored for OUTPUT (WAL side files too)
+    is forgotten, so the run starts over."""
+    if fresh:
+        path = state_path(output)
+        for suffix in ("", "-wal", "-shm"):
+            path.with_name(path.name + suffix).unlink(missing_ok=True)
 
 
 class ResponseCache:
@@ -117,6 +120,3 @@ class ResponseCache:
                 time.time(),
             ),
         )
-
-    def __len__(self) -> int:
-        return self.connection.execute("SELECT COUNT(*) FROM responses").fetchone()[0]

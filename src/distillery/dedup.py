@@ -405,10 +405,12 @@ class Duplicate:
     where: str
     most_similar: str
     score: float
+    reason: str = "near_duplicate"
 
     def as_dict(self) -> Record:
-        return {"where": self.where, "score": self.score, "most_similar": self.most_similar,
-                "record": self.record}
+        """Carries `stage` and `reason` like every other rejected file, so the report reads them alike."""
+        return {"stage": "dedup", "reason": self.reason, "where": self.where, "score": self.score,
+                "most_similar": self.most_similar, "record": self.record}
 
 
 def _dedup_located(
@@ -427,7 +429,8 @@ def _dedup_located(
             index.add(text)
             yield record
         elif on_reject is not None:
-            on_reject(Duplicate(record, where, match[1], match[0]))
+            reason = "duplicate" if options.method == "exact" else "near_duplicate"
+            on_reject(Duplicate(record, where, match[1], match[0], reason))
 
 
 def dedup_records(

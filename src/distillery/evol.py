@@ -27,7 +27,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from distillery.cache import canonical_request, remove_state, state_path
+from distillery.cache import canonical_request, prepare_state, state_path
 from distillery.cost import RunStats
 from distillery.errors import UserError
 from distillery.io import file_format, read_text, sidecar, write_json, write_records
@@ -322,8 +322,7 @@ def evol(options: EvolOptions, progress: bool = True) -> EvolResult:
     endpoint = options.endpoint.resolve()
     templates = Templates(options.lang, options.templates)
     seeds = load_alpaca(options.input)
-    if endpoint.fresh:
-        remove_state(state_path(options.output))
+    prepare_state(options.output, endpoint.fresh)
     stats = RunStats()
     run = _Run(options, endpoint, seeds, templates, stats)
     started = time.monotonic()

@@ -28,6 +28,3 @@ class Journal:
         rows = self.connection.execute("SELECT record FROM journal WHERE stream = ? ORDER BY seq", (self.stream,))
         for (text,) in rows:
             yield json.loads(text)
-
-    def __len__(self) -> int:
-        return self.connection.execute("SELECT COUNT(*) FROM journal WHERE stream = ?", (self.stream,)).fetchone()[0]

@@ -15,8 +15,7 @@ Rejections are read from files beside INPUT: `INPUT.summary.json` (a run summary
 `pipeline.StageStats.as_dict` writes, anywhere in the document) gives the funnel; a summary with a
 top-level `rejected` or `dropped` map of reason to count gives a one-stage funnel; otherwise the funnel is
 rebuilt from the rejected file, stages in order of first appearance, from each line's `stage` (or
-`round`) and `reason` (or `rule`); lines of `dedup --rejected` (`most_similar`, `score`) count as stage
-"dedup", reason "near-duplicate".
+`round`) and `reason` (or `rule`).
 """
 
 from __future__ import annotations
@@ -318,13 +317,13 @@ def _stage_of(record: dict[str, Any]) -> str:
         return str(record["stage"])
     if record.get("round") is not None:
         return f"round {record['round']}"
-    return "dedup" if "most_similar" in record else "rejected"
+    return "rejected"
 
 
 def _reason_of(record: dict[str, Any]) -> str:
     if record.get("reason") or record.get("rule"):
         return str(record.get("reason") or record.get("rule"))
-    return "near-duplicate" if "most_similar" in record else "unknown"
+    return "unknown"
 
 
 def _read_rejected(path: Path) -> tuple[dict[str, Counter], dict[str, list[str]]]:

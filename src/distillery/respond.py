@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from distillery.cache import remove_state, state_path
+from distillery.cache import prepare_state, state_path
 from distillery.cost import RunStats
 from distillery.errors import InputError
 from distillery.io import file_format, iter_located, sidecar, write_json, write_records
@@ -81,8 +81,7 @@ def respond(options: RespondOptions, progress: bool = True) -> RespondResult:
     file_format(options.output)
     endpoint = options.endpoint.resolve()
     records = load_alpaca(options.input)
-    if endpoint.fresh:
-        remove_state(state_path(options.output))
+    prepare_state(options.output, endpoint.fresh)
     stats = RunStats()
     started = time.monotonic()
     results: dict[int, ChatResult] = {}

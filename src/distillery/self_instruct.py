@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from distillery.cache import remove_state, state_path
+from distillery.cache import prepare_state, state_path
 from distillery.cost import RunStats
 from distillery.dedup import RougeIndex
 from distillery.errors import InputError, UserError
@@ -649,8 +649,7 @@ def generate(options: SelfInstructOptions, progress: bool = True) -> SelfInstruc
     endpoint = options.endpoint.resolve()
     seeds = load_seeds(options.seed_spec)
     template = PromptTemplate.load(options)
-    if endpoint.fresh:
-        remove_state(state_path(options.output))
+    prepare_state(options.output, endpoint.fresh)
     stats = RunStats()
     started = time.monotonic()
     outcome: dict[str, Any] = {}

@@ -61,7 +61,6 @@ class TokenCounter:
 
     def __init__(self, tokenizer: Any | None = None):
         self.tokenizer = tokenizer
-        self.exact = tokenizer is not None
 
     @classmethod
     def from_option(cls, name_or_path: str | None) -> TokenCounter:

@@ -2,14 +2,20 @@
 
 It runs in a thread of the test process and speaks real HTTP/1.1, so the official SDK, its connection
 pool and distillery's retry logic are exercised exactly as against a real endpoint. Faults are injected
-by request number or by a script: 429 with Retry-After, 500, slow answers, malformed JSON and dropped
-connections. Every request and every successful answer is recorded for assertions.
+by request number or by a script: 429 with Retry-After, 500, slow answers, answers that trickle in a byte
+at a time, malformed JSON, dropped connections, connections reset in the middle of the body, error bodies
+that echo the request's Authorization header, and answers without `usage`. Every request and every
+successful answer is recorded for assertions.
+
+Run as a script it serves on its own (`python tests/fake_openai.py --latency 0.5` prints the base URL),
+so a benchmark can measure a client's CPU time without the server's.
 """
 
 from __future__ import annotations
 
 import json
 import socket
+import struct
 import threading
 import time
 from collections import Counter
@@ -32,6 +38,10 @@ class Reply:
     drop: bool = False
     usage: dict[str, int] | None = None
     error: str | None = None
+    trickle: float = 0.0
+    echo_auth: bool = False
+    reset_mid_body: bool = False
+    omit_usage: bool = False
 
 
 Script = Callable[[dict[str, Any], int], "Reply | str"]
@@ -83,6 +93,8 @@ class FakeOpenAI:
                     return
                 if reply.status != 200:
                     message = reply.error or f"scripted {reply.status}"
+                    if reply.echo_auth:
+                        message += f" (request had Authorization: {self.headers.get('Authorization')})"
                     payload = json.dumps({"error": {"message": message, "type": "fake"}})
                     self._send(reply.status, payload.encode(), reply.headers)
                     return
@@ -94,7 +106,7 @@ class FakeOpenAI:
                     "completion_tokens": len(reply.text.split()),
                 }
                 usage = {**usage, "total_tokens": usage["prompt_tokens"] + usage["completion_tokens"]}
-                payload = {
+                payload: dict[str, Any] = {
                     "id": f"chatcmpl-{number}",
                     "object": "chat.completion",
                     "created": int(time.time()),
@@ -106,20 +118,48 @@ class FakeOpenAI:
                             "finish_reason": reply.finish_reason,
                         }
                     ],
-                    "usage": usage,
                 }
-                self._send(200, json.dumps(payload).encode(), reply.headers)
+                if not reply.omit_usage:
+                    payload["usage"] = usage
+                data = json.dumps(payload).encode()
+                if reply.reset_mid_body:
+                    self._reset_after(data[: len(data) // 2], len(data))
+                    return
+                self._send(200, data, reply.headers, reply.trickle)
                 with server.lock:
                     server.answered[user_text(body)] += 1
 
-            def _send(self, status: int, data: bytes, headers: dict[str, str]) -> None:
+            def _send(self, status: int, data: bytes, headers: dict[str, str], trickle: float = 0.0) -> None:
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 for name, value in headers.items():
                     self.send_header(name, value)
                 self.end_headers()
-                self.wfile.write(data)
+                if not trickle:
+                    self.wfile.write(data)
+                    return
+                self.wfile.flush()
+                for index in range(len(data)):
+                    try:
+                        self.wfile.write(data[index : index + 1])
+                        self.wfile.flush()
+                    except OSError:  # the client gave up
+                        self.close_connection = True
+                        return
+                    time.sleep(trickle)
+
+            def _reset_after(self, part: bytes, length: int) -> None:
+                """Headers and part of the body, then a TCP reset (SO_LINGER 0) instead of the rest."""
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(length))
+                self.end_headers()
+                self.wfile.write(part)
+                self.wfile.flush()
+                self.close_connection = True
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                self.connection.close()
 
         class Server(ThreadingHTTPServer):
             daemon_threads = True
@@ -139,3 +179,20 @@ class FakeOpenAI:
     def __exit__(self, *exc_info: object) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def main() -> None:
+    """Serve echo answers with a fixed latency until killed; the first line printed is the base URL."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(description="A fake OpenAI-compatible endpoint on 127.0.0.1.")
+    parser.add_argument("--latency", type=float, default=0.0)
+    args = parser.parse_args()
+    with FakeOpenAI(latency=args.latency) as server:
+        print(server.base_url, flush=True)
+        sys.stdin.read()
+
+
+if __name__ == "__main__":
+    main()

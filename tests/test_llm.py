@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
+import itertools
+import sqlite3
 import time
+from urllib.parse import quote
 
 import pytest
 from fake_openai import FakeOpenAI, Reply, user_text
@@ -11,7 +16,7 @@ from fake_openai import FakeOpenAI, Reply, user_text
 from distillery.cache import canonical_request, connect, request_key
 from distillery.cost import Pricing, lookup_price
 from distillery.errors import UserError
-from distillery.llm import LLM, BudgetReached, ChatRequest, EndpointOptions, retry_after_seconds
+from distillery.llm import LLM, BudgetReached, ChatRequest, EndpointOptions, retry_after_seconds, run_bounded
 
 
 def options(server: FakeOpenAI, **changes) -> EndpointOptions:
@@ -168,3 +173,129 @@ def test_max_tokens_is_renamed_for_models_that_refuse_it(fake_server, tmp_path):
     assert [r.text for r in results] == ["limit 64", "limit 64"]
     assert stats.failed == 0
     assert sum("max_tokens" in body for body in fake_server.requests) <= 2
+
+
+def test_an_answer_that_trickles_in_is_bounded_by_the_timeout(fake_server, tmp_path):
+    fake_server.script = lambda body, n: Reply(text="slow " * 20, trickle=0.05)
+    results, stats = ask(options(fake_server, timeout=1, max_retries=0), tmp_path / "c.sqlite", ["x"])
+    assert not results[0].ok and "timed out after 1s" in results[0].error
+    assert stats.failures_by_kind == {"timeout": 1}
+
+
+@pytest.mark.parametrize("fault", [Reply(reset_mid_body=True), Reply(text="late", trickle=0.2)])
+def test_resets_and_trickles_are_retried(fake_server, tmp_path, fault):
+    fake_server.script = lambda body, n: fault if n == 1 else "recovered"
+    results, stats = ask(options(fake_server, timeout=0.5), tmp_path / "c.sqlite", ["x"])
+    assert results[0].text == "recovered" and stats.retries == 1
+
+
+def test_a_reset_on_every_request_says_what_happened(fake_server, tmp_path):
+    fake_server.script = lambda body, n: Reply(reset_mid_body=True)
+    with pytest.raises(UserError) as caught:
+        ask(options(fake_server, max_retries=1), tmp_path / "c.sqlite", ["x"])
+    message = str(caught.value)
+    assert "cannot reach" not in message
+    assert "closed before the answer was complete" in message and "received" in message
+
+
+SECRET = "sk-SECRET-canary-1234567890abcdefXYZ"
+
+
+def test_an_echoed_key_is_masked_before_the_message_is_cut(fake_server, tmp_path, monkeypatch):
+    monkeypatch.setenv("MY_KEY", SECRET)
+    for padding in range(195, 240, 3):
+        fake_server.script = lambda body, n, padding=padding: Reply(status=500, error="x" * padding, echo_auth=True)
+        results, _ = ask(options(fake_server, api_key_env="MY_KEY", max_retries=0), tmp_path / "c.sqlite", ["x"])
+        assert "sk-SECRET" not in results[0].error and "sk-SEC" not in results[0].error, padding
+
+
+def test_encoded_and_cut_short_forms_of_a_secret_are_masked():
+    from distillery.llm import Redactor
+
+    redact = Redactor([SECRET])
+    for prefix in ("", "a", "ab", "Authorization: Bearer "):
+        encoded = base64.b64encode((prefix + SECRET + " tail").encode()).decode()
+        assert encoded[len(prefix) * 4 // 3 + 4 : len(prefix) * 4 // 3 + 16] not in redact(f"header {encoded}")
+    assert "canary" not in redact("key=" + quote(SECRET + "/+", safe=""))
+    assert "canary" not in redact("received Bearer " + SECRET[:14] + "… (truncated)")
+    assert redact("nothing secret here") == "nothing secret here"
+
+
+def test_credentials_in_the_base_url_are_sent_as_basic_auth_and_never_shown(fake_server, tmp_path, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    url = fake_server.base_url.replace("//", "//bob:pa55word-x@")
+    fake_server.script = lambda body, n: Reply(status=500, echo_auth=True)
+    results, _ = ask(options(fake_server, base_url=url, max_retries=0), tmp_path / "c.sqlite", ["x"])
+    header = {k.lower(): v for k, v in fake_server.headers[0].items()}["authorization"]
+    assert base64.b64decode(header.removeprefix("Basic ")) == b"bob:pa55word-x"
+    assert "pa55word" not in results[0].error and header.removeprefix("Basic ") not in results[0].error
+    dead = options(fake_server, base_url="http://bob:pa55word-x@127.0.0.1:9/v1", max_retries=0)
+    with pytest.raises(UserError) as caught:
+        ask(dead, tmp_path / "d.sqlite", ["x"])
+    assert "cannot reach http://***@127.0.0.1:9/v1" in str(caught.value) and "pa55word" not in str(caught.value)
+
+
+def run_all(llm_options: EndpointOptions, cache_path, prompts: list[str], before=None):
+    """Like the recipes: every prompt through run_bounded with twice --concurrency jobs alive."""
+
+    async def go():
+        async with LLM(llm_options, cache_path) as llm:
+            if before:
+                before(llm)
+
+            async def one(prompt: str) -> None:
+                await llm.chat(ChatRequest([{"role": "user", "content": prompt}]))
+
+            try:
+                await run_bounded(prompts, one, limit=2 * llm_options.concurrency)
+            finally:
+                stats = llm.stats
+        return stats
+
+    return asyncio.run(go())
+
+
+def test_nothing_more_is_sent_after_a_full_disk(fake_server, tmp_path):
+    fake_server.latency = 0.1
+
+    def fill_disk(llm: LLM) -> None:
+        """SQLite's own "database or disk is full", from a page limit reached before the first answer."""
+        connection = llm.cache.connection
+        connection.execute(f"PRAGMA max_page_count = {connection.execute('PRAGMA page_count').fetchone()[0]}")
+        with contextlib.suppress(sqlite3.OperationalError):
+            for number in itertools.count():
+                connection.execute("INSERT INTO responses VALUES (?, 'pad', '{}', '', NULL, 0, 0, 0)", (f"{number}",))
+
+    with pytest.raises(sqlite3.OperationalError, match="full"):
+        run_all(options(fake_server, concurrency=8), tmp_path / "c.sqlite", [f"p{i}" for i in range(64)], fill_disk)
+    assert len(fake_server.requests) == 8, "only the requests already in flight were paid for"
+
+
+def test_nothing_more_is_sent_after_a_rejected_key(fake_server, tmp_path):
+    fake_server.script = lambda body, n: Reply(status=401)
+    with pytest.raises(UserError, match="401"):
+        run_all(options(fake_server, concurrency=4), tmp_path / "c.sqlite", [f"p{i}" for i in range(40)])
+    assert len(fake_server.requests) <= 4
+
+
+def test_budget_reserves_requests_in_flight(fake_server, tmp_path):
+    fake_server.latency = 0.05
+    fake_server.script = lambda body, n: Reply(text="x", usage={"prompt_tokens": 0, "completion_tokens": 1000})
+    budget = options(fake_server, concurrency=16, max_cost=0.0105, price_input=0.0, price_output=1.0)
+    with pytest.raises(BudgetReached) as caught:
+        run_all(budget, tmp_path / "c.sqlite", [f"p{i}" for i in range(100)])
+    spent = caught.value.stats.cost_usd
+    assert 0.0105 <= spent <= 0.0105 + 0.001
+    assert len(fake_server.requests) == 11
+    assert str(caught.value) == f"--max-cost 0.0105 reached (spent ${spent:.4f})"
+
+
+def test_an_answer_without_usage_is_estimated_and_still_charged(fake_server, tmp_path):
+    fake_server.script = lambda body, n: Reply(text="short answer", omit_usage=True)
+    prompt = "a long prompt " * 200
+    budget = options(fake_server, concurrency=1, max_cost=0.001, price_input=1.0, price_output=0.0)
+    with pytest.raises(BudgetReached) as caught:
+        run_all(budget, tmp_path / "c.sqlite", [f"{prompt}{i}" for i in range(20)])
+    stats = caught.value.stats
+    assert stats.estimated_usage == stats.sent > 0 and stats.prompt_tokens >= 600 * stats.sent
+    assert stats.cost_usd <= 0.001 + 0.001

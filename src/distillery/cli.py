@@ -13,10 +13,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from distillery import __version__
 from distillery.cost import RunStats
+from distillery.endpoint import EndpointOptions
 from distillery.errors import UserError
-from distillery.llm import EndpointOptions
 
 app = typer.Typer(
     name="distillery",
@@ -91,6 +90,8 @@ def print_run_summary(title: str, rows: list[tuple[str, object]], stats: RunStat
         table.add_row("requests sent / cached / failed", f"{stats.sent} / {stats.cached} / {stats.failed}")
         table.add_row("retries", str(stats.retries))
         table.add_row("tokens in / out", f"{stats.prompt_tokens} / {stats.completion_tokens}")
+        if stats.estimated_usage:
+            table.add_row("answers without usage (tokens estimated)", str(stats.estimated_usage))
         table.add_row("cost (USD)", f"{stats.cost_usd:.4f}")
     out_console.print(table)
 
@@ -107,6 +108,8 @@ def _finish(result: Any, noun: str) -> None:
 
 def _show_version(value: bool) -> None:
     if value:
+        from distillery import __version__
+
         typer.echo(f"distillery {__version__}")
         raise typer.Exit()
 

@@ -7,7 +7,7 @@ always win, and a model the table does not know costs 0 and says so in the summa
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 PRICES_PER_MILLION: dict[str, tuple[float, float]] = {
@@ -65,8 +65,47 @@ class Pricing:
 
 
 @dataclass
+class Budget:
+    """--max-cost for every client of one run: a request is sent only while what was spent plus what the
+    requests in flight may still cost is under the limit, so a run overshoots by at most one request.
+
+    `blind` counts requests in flight whose cost could not be estimated (no --max-tokens and no answer
+    seen yet); while one is out, nothing else is sent.
+    """
+
+    limit: float
+    reserved: float = 0.0
+    in_flight: int = 0
+    blind: int = 0
+    waiters: list[Any] = field(default_factory=list)
+
+    def allows(self, spent: float, expected: float | None) -> bool:
+        if self.blind or (expected is None and self.in_flight):
+            return False
+        return spent + self.reserved < self.limit
+
+    def take(self, expected: float | None) -> None:
+        self.in_flight += 1
+        self.blind += expected is None
+        self.reserved += expected or 0.0
+
+    def give_back(self, expected: float | None) -> None:
+        """A request ended (its real cost is now in RunStats): free its reservation and wake the waiters."""
+        self.in_flight -= 1
+        self.blind -= expected is None
+        self.reserved = max(0.0, self.reserved - (expected or 0.0)) if self.in_flight else 0.0
+        waiters, self.waiters = self.waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+
+@dataclass
 class RunStats:
-    """What one run did with the endpoint; cached answers cost nothing and are counted apart."""
+    """What one run did with the endpoint; cached answers cost nothing and are counted apart.
+
+    `estimated_usage` counts answers that came without `usage`: their tokens (and cost) are estimates.
+    """
 
     sent: int = 0
     cached: int = 0
@@ -77,9 +116,12 @@ class RunStats:
     cached_prompt_tokens: int = 0
     cached_completion_tokens: int = 0
     cost_usd: float = 0.0
+    estimated_usage: int = 0
     failures_by_kind: dict[str, int] = field(default_factory=dict)
+    budget: Budget | None = field(default=None, repr=False, compare=False)
 
     def as_dict(self) -> dict[str, Any]:
-        values = asdict(self)
+        values = {item.name: getattr(self, item.name) for item in fields(self) if item.name != "budget"}
         values["cost_usd"] = round(self.cost_usd, 6)
+        values["failures_by_kind"] = dict(self.failures_by_kind)
         return values

@@ -2,32 +2,49 @@
 
 Every request goes through the response cache first and is sent only on a miss, with at most
 `concurrency` in flight, optional RPM/TPM pacing, retries with exponential backoff and jitter that honour
-Retry-After, and a budget check before each send. A request that still fails after its retries comes
-back as a failed ChatResult and is counted; it is never turned into an empty answer.
+Retry-After, and a budget that reserves the expected cost of every request in flight. A request that
+still fails after its retries comes back as a failed ChatResult and is counted; it is never turned into
+an empty answer. The first error that ends the run (a rejected key, a full disk, the budget) stops every
+request that has not been sent yet.
+
+The SDK talks HTTP through aiohttp: at hundreds of connections httpx's pool spends more CPU on its own
+bookkeeping than on the requests.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
-import os
+import math
 import random
+import re
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
-from dataclasses import dataclass, field, replace
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
+from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import quote, quote_plus
 
+import aiohttp
 import openai
 
 from distillery.cache import CachedResponse, ResponseCache, canonical_request, connect, request_key
-from distillery.cost import Pricing, RunStats
+from distillery.cost import Budget, Pricing, RunStats
+from distillery.endpoint import (
+    OPENAI_BASE_URL,
+    EndpointOptions,
+    public_url,
+    strip_credentials,
+    url_credentials,
+    url_secrets,
+)
 from distillery.errors import UserError
 from distillery.tokens import estimate_tokens
 
-OPENAI_BASE_URL = "https://api.openai.com/v1"
+__all__ = ["OPENAI_BASE_URL", "EndpointOptions", "LLM", "ChatRequest", "ChatResult", "BudgetReached"]
 _RETRY_AFTER_CAP = 300.0
 _FATAL_STATUS = {401: "the API key was rejected", 403: "access was refused", 404: "model or URL not found"}
 T = TypeVar("T")
@@ -38,7 +55,19 @@ EXIT_BUDGET = 4
 
 
 class BudgetReached(Exception):
-    """Raised before a send once --max-cost is spent; what was received so far is already cached."""
+    """Raised instead of a send once --max-cost is spent; what was received so far is already cached.
+
+    The message reads the run's spend when it is shown, after the requests in flight have landed, so the
+    stop message and the summary give the same figure.
+    """
+
+    def __init__(self, limit: float, stats: RunStats):
+        super().__init__(limit)
+        self.limit = limit
+        self.stats = stats
+
+    def __str__(self) -> str:
+        return f"--max-cost {self.limit:g} reached (spent ${self.stats.cost_usd:.4f})"
 
 
 def run_within_budget(recipe: Coroutine[Any, Any, None]) -> str | None:
@@ -55,56 +84,6 @@ def exit_status(incomplete: bool, budget_stopped: bool) -> int:
     if budget_stopped:
         return EXIT_BUDGET
     return EXIT_INCOMPLETE if incomplete else 0
-
-
-@dataclass
-class EndpointOptions:
-    """How to reach the teacher and how hard to push it; shared by every LLM command."""
-
-    model: str | None = None
-    base_url: str | None = None
-    api_key_env: str = "OPENAI_API_KEY"
-    concurrency: int = 16
-    temperature: float | None = None
-    top_p: float | None = None
-    max_tokens: int | None = None
-    timeout: float = 120.0
-    max_retries: int = 6
-    rpm: float | None = None
-    tpm: float | None = None
-    seed: int | None = None
-    price_input: float | None = None
-    price_output: float | None = None
-    max_cost: float | None = None
-    fresh: bool = False
-    retry_base_delay: float = 0.5
-    retry_max_delay: float = 30.0
-
-    def resolve(self) -> EndpointOptions:
-        """Fill model and URL from the environment and reject impossible settings with a clear message."""
-        model = self.model or os.environ.get("DISTILLERY_MODEL")
-        if not model:
-            raise UserError(
-                "no teacher model configured: pass --model NAME or set DISTILLERY_MODEL, and point --base-url "
-                "(or OPENAI_BASE_URL) at an OpenAI-compatible endpoint, e.g. "
-                "--base-url http://localhost:11434/v1 --model qwen2.5:7b for Ollama"
-            )
-        base_url = self.base_url or os.environ.get("OPENAI_BASE_URL") or OPENAI_BASE_URL
-        if self.concurrency < 1:
-            raise UserError("--concurrency must be at least 1")
-        if self.max_retries < 0:
-            raise UserError("--max-retries cannot be negative")
-        for name in ("rpm", "tpm", "timeout", "max_cost"):
-            value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise UserError(f"--{name.replace('_', '-')} must be positive")
-        return replace(self, model=model, base_url=base_url)
-
-    def api_key(self) -> str | None:
-        return os.environ.get(self.api_key_env) or None
-
-    def generation_params(self) -> dict[str, Any]:
-        return {"temperature": self.temperature, "top_p": self.top_p, "max_tokens": self.max_tokens, "seed": self.seed}
 
 
 @dataclass(frozen=True)
@@ -184,6 +163,38 @@ def retry_after_seconds(headers: Any) -> float | None:
             return None
 
 
+class Redactor:
+    """Masks secrets in text an endpoint sent back, before anything is cut short or written.
+
+    Each secret is masked as written, URL-encoded, and base64-encoded at any byte alignment (an echoed
+    `Authorization: Basic ...` or a whole echoed header block), and so is any echo of its first 8
+    characters, for servers that cut the key short themselves.
+    """
+
+    def __init__(self, secrets: Iterable[str]):
+        forms: set[str] = set()
+        prefixes: set[str] = set()
+        for secret in (s for s in secrets if len(s) >= 4):
+            forms.update({secret, quote(secret, safe=""), quote_plus(secret)})
+            prefixes.add(re.escape(secret[:8]) + r"[\w\-.~+/=%]*")
+            forms.update(core for core in _base64_cores(secret.encode()) if len(core) >= 8)
+        alternatives = [re.escape(form) for form in sorted(forms, key=len, reverse=True)] + sorted(prefixes)
+        self.pattern = re.compile("|".join(alternatives)) if alternatives else None
+
+    def __call__(self, text: str) -> str:
+        return self.pattern.sub("***", text) if self.pattern else text
+
+
+def _base64_cores(secret: bytes) -> Iterator[str]:
+    """The base64 characters that depend on the secret alone, for each of the three offsets it can sit at
+    inside a longer encoded text, in both alphabets."""
+    for pad in range(3):
+        first = -(-pad // 3)
+        last = (pad + len(secret)) // 3
+        for encode in (base64.b64encode, base64.urlsafe_b64encode):
+            yield encode(b"\0" * pad + secret).decode()[4 * first : 4 * last]
+
+
 class LLM:
     """An async client bound to one endpoint, one cache file and one run's statistics."""
 
@@ -191,19 +202,28 @@ class LLM:
         self.options = options.resolve()
         self.stats = stats or RunStats()
         self.pricing = Pricing.for_model(self.options.model, self.options.price_input, self.options.price_output)
+        if self.options.max_cost is not None and self.stats.budget is None:
+            self.stats.budget = Budget(self.options.max_cost)
         self.cache = ResponseCache(connect(cache_path))
         self._api_key = self.options.api_key()
+        self.url = public_url(self.options.base_url)
+        self.redact = Redactor([*([self._api_key] if self._api_key else []), *url_secrets(self.options.base_url)])
         self._client = openai.AsyncOpenAI(
             api_key=self._api_key or "not-needed",
-            base_url=self.options.base_url,
+            base_url=strip_credentials(self.options.base_url),
             max_retries=0,
             timeout=self.options.timeout,
+            http_client=openai.DefaultAioHttpClient(),
+            default_headers=self._basic_auth(),
         )
         self._slots = asyncio.Semaphore(self.options.concurrency)
         self._pacer = _Pacer(self.options.rpm, self.options.tpm)
         self._in_flight: dict[str, asyncio.Future[ChatResult]] = {}
+        self._stopped: BaseException | None = None
         self._ever_answered = False
         self._token_limit_field = "max_tokens"
+        self._longest_answer: int | None = None
+        self._prompt_ratio = 1.0
 
     async def __aenter__(self) -> LLM:
         return self
@@ -215,9 +235,24 @@ class LLM:
         await self._client.close()
         self.cache.connection.close()
 
-    def redact(self, text: str) -> str:
-        """Error text can echo request details; the key itself must never reach a file."""
-        return text.replace(self._api_key, "***") if self._api_key else text
+    def _basic_auth(self) -> dict[str, str] | None:
+        """Credentials in --base-url (`http://user:pass@host/v1`) become a Basic Authorization header, which
+        leaves no room for an API key as well."""
+        user, password = url_credentials(self.options.base_url)
+        if user is None and password is None:
+            return None
+        if self._api_key:
+            raise UserError(
+                f"{self.url} carries credentials and ${self.options.api_key_env} holds an API key too; a request "
+                "has one Authorization header, so drop one of them"
+            )
+        token = base64.b64encode(f"{user or ''}:{password or ''}".encode()).decode()
+        return {"Authorization": f"Basic {token}"}
+
+    def stop(self, reason: BaseException) -> None:
+        """Send nothing more: every request not yet sent raises `reason` (the first one given wins)."""
+        if self._stopped is None:
+            self._stopped = reason
 
     async def chat(self, request: ChatRequest) -> ChatResult:
         """The cached answer if there is one, else one sent request (with retries); identical concurrent
@@ -249,6 +284,8 @@ class LLM:
             future.set_result(result)
             return result
         except BaseException as exc:
+            if isinstance(exc, Exception):
+                self.stop(exc)
             future.set_exception(exc)
             future.exception()
             raise
@@ -257,50 +294,89 @@ class LLM:
 
     async def _send(self, messages: list[dict[str, str]], params: dict[str, Any]) -> ChatResult:
         sendable = {name: value for name, value in params.items() if value is not None}
+        async with self._slots:
+            expected = await self._reserve(messages, sendable)
+            try:
+                return await self._attempts(messages, sendable)
+            finally:
+                if self.stats.budget is not None:
+                    self.stats.budget.give_back(expected)
+
+    async def _reserve(self, messages: list[dict[str, str]], sendable: dict[str, Any]) -> float | None:
+        """Wait until the budget can cover this request on top of those in flight, and hold its share."""
+        budget = self.stats.budget
+        if self._stopped is not None:
+            raise self._stopped
+        if budget is None:
+            return 0.0
+        expected = self._expected_cost(messages, sendable)
+        while not budget.allows(self.stats.cost_usd, expected):
+            if not budget.in_flight:
+                raise BudgetReached(budget.limit, self.stats)
+            waiter = asyncio.get_running_loop().create_future()
+            budget.waiters.append(waiter)
+            await waiter
+            if self._stopped is not None:
+                raise self._stopped
+        budget.take(expected)
+        return expected
+
+    def _expected_cost(self, messages: list[dict[str, str]], sendable: dict[str, Any]) -> float | None:
+        """Prompt tokens estimated from the text (scaled by the worst ratio the server's counts showed),
+        completion tokens at --max-tokens or the longest answer so far; None before anything is known."""
+        completion = sendable.get("max_tokens") or self._longest_answer
+        if completion is None:
+            return None
+        text_tokens = sum(estimate_tokens(str(message.get("content") or "")) for message in messages)
+        return self.pricing.cost(math.ceil(text_tokens * self._prompt_ratio) + 4 * len(messages), completion)
+
+    async def _attempts(self, messages: list[dict[str, str]], sendable: dict[str, Any]) -> ChatResult:
         last_error = "no attempt"
         kind = "error"
-        async with self._slots:
-            if self.options.max_cost is not None and self.stats.cost_usd >= self.options.max_cost:
-                raise BudgetReached(f"--max-cost {self.options.max_cost} reached (spent ${self.stats.cost_usd:.4f})")
-            for attempt in range(self.options.max_retries + 1):
-                if attempt:
-                    self.stats.retries += 1
-                await self._pacer.wait_turn()
-                try:
-                    body = await self._client.post(
+        for attempt in range(self.options.max_retries + 1):
+            if self._stopped is not None:
+                raise self._stopped
+            if attempt:
+                self.stats.retries += 1
+            await self._pacer.wait_turn()
+            try:
+                body = await asyncio.wait_for(
+                    self._client.post(
                         "/chat/completions",
                         cast_to=str,
                         body={"model": self.options.model, "messages": messages, **self._wire(sendable)},
-                    )
-                    return self._accept(json.loads(body))
-                except openai.APIStatusError as exc:
-                    status = exc.status_code
-                    last_error, kind = f"HTTP {status}: {_short(exc.message)}", f"http_{status}"
-                    if status == 400 and self._token_limit_renamed(exc.message, sendable):
-                        continue
-                    if status in _FATAL_STATUS:
-                        raise UserError(
-                            f"{self.options.base_url} answered HTTP {status} ({_FATAL_STATUS[status]}) for model "
-                            f"{self.options.model!r}: {self.redact(_short(exc.message))}"
-                        ) from None
-                    if status not in (408, 409, 429) and status < 500:
-                        break
-                    wait = retry_after_seconds(exc.response.headers)
-                except openai.APITimeoutError:
-                    last_error, kind, wait = f"timed out after {self.options.timeout:g}s", "timeout", None
-                except openai.APIConnectionError as exc:
-                    reason = _short(str(exc.__cause__ or exc))
-                    last_error, kind, wait = f"connection failed: {reason}", "connection", None
-                except (openai.APIError, ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
-                    last_error, kind, wait = f"malformed response: {_short(str(exc))}", "malformed", None
-                if attempt < self.options.max_retries:
-                    await asyncio.sleep(self._backoff(attempt, wait))
+                    ),
+                    self.options.timeout,
+                )
+                return self._accept(json.loads(body), messages)
+            except openai.APIStatusError as exc:
+                status = exc.status_code
+                message = self.redact(exc.message)
+                last_error, kind = f"HTTP {status}: {_short(message)}", f"http_{status}"
+                if status == 400 and self._token_limit_renamed(exc.message, sendable):
+                    continue
+                if status in _FATAL_STATUS:
+                    raise UserError(
+                        f"{self.url} answered HTTP {status} ({_FATAL_STATUS[status]}) for model "
+                        f"{self.options.model!r}: {_short(message)}"
+                    ) from None
+                if status not in (408, 409, 429) and status < 500:
+                    break
+                wait = retry_after_seconds(exc.response.headers)
+            except (asyncio.TimeoutError, openai.APITimeoutError, openai.APIConnectionError) as exc:
+                kind, last_error = _transport_failure(exc, self.options.timeout)
+                last_error, wait = _short(self.redact(last_error)), None
+            except (openai.APIError, ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
+                last_error, kind, wait = f"malformed response: {_short(self.redact(str(exc)))}", "malformed", None
+            if attempt < self.options.max_retries:
+                await asyncio.sleep(self._backoff(attempt, wait))
         self.stats.failed += 1
         self.stats.failures_by_kind[kind] = self.stats.failures_by_kind.get(kind, 0) + 1
-        if kind == "connection" and not self._ever_answered:
-            raise UserError(f"cannot reach {self.options.base_url}: {self.redact(last_error)}")
-        return ChatResult(None, error=self.redact(last_error))
-
+        if not self._ever_answered and kind == "connect":
+            raise UserError(f"cannot reach {self.url}: {last_error}")
+        if not self._ever_answered and kind == "dropped":
+            raise UserError(f"{self.url} accepted the connection but {last_error}, on every attempt")
+        return ChatResult(None, error=last_error)
     def _wire(self, params: dict[str, Any]) -> dict[str, Any]:
         if self._token_limit_field != "max_tokens" and "max_tokens" in params:
             params = {**params, self._token_limit_field: params["max_tokens"]}
@@ -315,19 +391,26 @@ class LLM:
         self._token_limit_field = "max_completion_tokens"
         return True
 
-    def _accept(self, response: dict[str, Any]) -> ChatResult:
+    def _accept(self, response: dict[str, Any], messages: list[dict[str, str]]) -> ChatResult:
         """Read the answer from raw JSON: the SDK's typed models cost a millisecond of CPU per request,
-        which is what caps throughput against a fast local server."""
+        which is what caps throughput against a fast local server.
+
+        A server that leaves out `usage` is charged estimated tokens (counted in `estimated_usage`), so it
+        cannot slip past --max-cost."""
         choice = response["choices"][0]
         text = choice["message"].get("content")
         if not isinstance(text, str):
             raise ValueError(f"no message content (finish_reason={choice.get('finish_reason')})")
         usage = response.get("usage") or {}
+        prompt_estimate = sum(estimate_tokens(str(message.get("content") or "")) for message in messages)
         if isinstance(usage.get("prompt_tokens"), int):
             prompt_tokens, completion_tokens = usage["prompt_tokens"], usage.get("completion_tokens") or 0
+            self._prompt_ratio = max(self._prompt_ratio, prompt_tokens / max(prompt_estimate, 1))
         else:
-            prompt_tokens, completion_tokens = 0, estimate_tokens(text)
+            prompt_tokens, completion_tokens = prompt_estimate, estimate_tokens(text)
+            self.stats.estimated_usage += 1
         self._ever_answered = True
+        self._longest_answer = max(self._longest_answer or 0, completion_tokens)
         self.stats.sent += 1
         self.stats.prompt_tokens += prompt_tokens
         self.stats.completion_tokens += completion_tokens
@@ -340,6 +423,28 @@ class LLM:
         ceiling = min(self.options.retry_max_delay, self.options.retry_base_delay * 2**attempt)
         jittered = ceiling / 2 + random.uniform(0, ceiling / 2)
         return max(retry_after, 0.0) + random.uniform(0, 0.1) if retry_after is not None else jittered
+
+
+def _transport_failure(exc: BaseException, timeout: float) -> tuple[str, str]:
+    """What went wrong below HTTP, as (kind, message, not yet shortened): `connect` (nothing answered at that address),
+    `timeout` (the attempt outlived --timeout) or `dropped` (the server closed or reset the connection
+    before the answer was complete). The SDK's own wording ("Connection error.") says none of that, and its
+    aiohttp mapping files a mid-answer disconnect under connect timeouts, so the cause chain decides."""
+    chain: list[BaseException] = []
+    link: BaseException | None = exc
+    while link is not None and link not in chain:
+        chain.append(link)
+        link = link.__cause__ or link.__context__
+    root = chain[-1]
+    reason = f"{type(root).__name__}: {root}" if str(root) else type(root).__name__
+    if any(isinstance(e, aiohttp.ClientConnectorError) for e in chain):
+        return "connect", f"connection failed: {reason}"
+    if any(isinstance(e, (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError, aiohttp.ClientOSError,
+                          ConnectionError)) for e in chain):
+        return "dropped", f"the connection was closed before the answer was complete ({reason})"
+    if isinstance(exc, (asyncio.TimeoutError, openai.APITimeoutError)):
+        return "timeout", f"timed out after {timeout:g}s"
+    return "connect", f"connection failed: {reason}"
 
 
 def _short(text: str, limit: int = 300) -> str:

@@ -227,3 +227,63 @@ def test_help_describes_every_endpoint_option():
     ):
         assert flag in shown
     assert run_cli("--version").stdout.startswith("distillery ")
+
+
+def test_a_trickling_answer_is_cut_at_timeout_and_the_others_are_written(fake_server, tmp_path):
+    fake_server.script = lambda body, n: (Reply(text="slow " * 40, trickle=0.5) if "number 2" in user_text(body)
+                                          else "ANSWER: " + user_text(body))
+    alpaca_file(tmp_path / "in.json", 5)
+    out = tmp_path / "out.json"
+    done = run_cli("respond", str(tmp_path / "in.json"), "-o", str(out), "--timeout", "3", "--max-retries", "0",
+                   env=cli_env(fake_server), timeout=60)
+    assert done.returncode == 3, done.stderr
+    assert [r["id"] for r in json.loads(out.read_text())] == [0, 1, 3, 4]
+    failed = [json.loads(line) for line in (tmp_path / "out.json.failed.jsonl").read_text().splitlines()]
+    assert failed[0]["id"] == 2 and "timed out after 3s" in failed[0]["error"]
+
+
+def test_an_error_body_that_echoes_the_key_leaks_none_of_it(fake_server, tmp_path):
+    secret = "sk-SECRET-canary-12345678901234567890"
+    fake_server.script = lambda body, n: Reply(status=500, error="e" * 210, echo_auth=True)
+    alpaca_file(tmp_path / "in.json", 2)
+    done = run_cli("respond", str(tmp_path / "in.json"), "-o", str(tmp_path / "out.json"), "--max-retries", "0",
+                   env=cli_env(fake_server, OPENAI_API_KEY=secret))
+    assert done.returncode == 3, done.stderr
+    failed = (tmp_path / "out.json.failed.jsonl").read_text()
+    assert "HTTP 500" in failed and "sk-SEC" not in failed
+
+
+def test_a_reset_on_every_request_is_one_line_that_says_so(fake_server, tmp_path):
+    fake_server.script = lambda body, n: Reply(reset_mid_body=True)
+    alpaca_file(tmp_path / "in.json", 3)
+    done = run_cli("respond", str(tmp_path / "in.json"), "-o", str(tmp_path / "out.json"), "--max-retries", "1",
+                   env=cli_env(fake_server, COLUMNS="400"))
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
+    assert "cannot reach" not in done.stderr and "closed before the answer was complete" in done.stderr
+    assert not (tmp_path / "out.json").exists()
+
+
+def evol_seeds(path, count: int):
+    path.write_text(json.dumps([{"instruction": f"Describe river number {i} and its towns.", "input": "",
+                                 "output": ""} for i in range(count)]))
+    return path
+
+
+@pytest.mark.parametrize("command", ["respond", "self-instruct", "evol"])
+def test_max_cost_holds_with_requests_in_flight_and_one_figure_is_reported(fake_server, tmp_path, command):
+    """Every answer costs $0.001 (1000 completion tokens at $1/M): eight in flight must not overshoot."""
+    fake_server.latency = 0.05
+    fake_server.script = lambda body, n: Reply(text=f"A fresh answer about lakes and hills, number {n}.",
+                                               usage={"prompt_tokens": 0, "completion_tokens": 1000})
+    out = tmp_path / "out.json"
+    alpaca_file(tmp_path / "in.json", 60)
+    inputs = {"respond": [str(tmp_path / "in.json")],
+              "self-instruct": ["--num", "500"],
+              "evol": [str(evol_seeds(tmp_path / "seeds.json", 40)), "--no-judge"]}[command]
+    done = run_cli(command, *inputs, "-o", str(out), "--concurrency", "8", "--price-input", "0",
+                   "--price-output", "1", "--max-cost", "0.0105", env=cli_env(fake_server, COLUMNS="400"))
+    assert done.returncode == 4, done.stderr
+    spent = json.loads((tmp_path / "out.json.summary.json").read_text())["requests"]["cost_usd"]
+    assert 0.0105 <= spent <= 0.0105 + 0.001
+    assert len(fake_server.requests) == round(spent / 0.001)
+    assert f"--max-cost 0.0105 reached (spent ${spent:.4f})" in " ".join(done.stderr.split())

@@ -146,6 +146,7 @@ def test_export_file_counts_truncated_and_dropped(tmp_path, tokenizers):
     assert result.trained_tokens == 2 * sum(label != IGNORE_INDEX for label in rows[0]["labels"])
 
 
+@pytest.mark.anchors
 def test_cli_export_of_fastchat_data_to_parquet(tmp_path):
     tokenizer_dir = build_tiny_tokenizer(tmp_path / "tok")
     out = tmp_path / "train.parquet"
@@ -251,6 +252,7 @@ def test_template_that_rewrites_message_text_is_reported(tmp_path):
         LabelEncoder(load_tokenizer(str(build_tiny_tokenizer(tmp_path / "tok2", everywhere))), "auto")
 
 
+@pytest.mark.anchors
 def test_tool_calls_are_reported_not_rendered(tmp_path):
     tokenizer_dir = build_tiny_tokenizer(tmp_path / "tok")
     with pytest.raises(ExportFailed) as caught:

@@ -399,7 +399,8 @@ def evol(
         lang=lang, answers=answers, answer_model=answer_model, answer_system=answer_system, judge=judge,
         keep_original=keep_original, templates=templates,
     ))
-    rows: list[tuple[str, object]] = [("records written", result.written), ("evolved", result.evolved)]
+    rows: list[tuple[str, object]] = [("records written", result.written), ("evolved", result.evolved),
+                                      ("kept after stripping a leaked header", result.salvaged)]
     rows += [(f"round {row['round']} passed", f"{row['out']} / {row['in']}"
               + (f" ({row['pass_rate']:.0%})" if row["pass_rate"] is not None else "")) for row in result.rounds]
     rows += [(f"rejected: {rule}", count) for rule, count in result.rules.items()]

@@ -260,6 +260,8 @@ def export(
         ("examples written", result.written),
         ("truncated at a turn boundary", result.truncated),
         ("dropped as over-long", result.dropped_overlong),
+        ("dropped: empty assistant turns", result.dropped_empty),
+        ("reasons for every left-out record", result.rejected or "-"),
         ("skipped (failed self-check)", f"{result.invalid} → {result.rejected}" if result.invalid else 0),
         ("tokens / trained tokens", f"{result.tokens:,} / {result.trained_tokens:,}"),
     ])

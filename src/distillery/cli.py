@@ -9,16 +9,47 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
+import click
 import typer
+import typer.core
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from distillery import __version__
 from distillery.cost import RunStats
 from distillery.errors import UserError
 from distillery.llm import EndpointOptions
 
+
+class _HelpTable(Table):
+    """Typer's --help option tables, with option names that never wrap or shrink.
+
+    In a narrow terminal rich squeezes every column alike, so at 80 columns names were cut
+    ("--prompt-exampl…"); with the name columns kept whole, the help text wraps instead.
+    """
+
+    def add_row(self, *renderables: Any, **kwargs: Any) -> None:
+        super().add_row(*renderables, **kwargs)
+        for column, cell in zip(self.columns, renderables, strict=False):
+            if isinstance(cell, Text) and cell.plain.startswith("-"):
+                column.no_wrap = True
+
+
+class _Group(typer.core.TyperGroup):
+    """Puts _HelpTable into typer's help renderer when help is asked for; importing that renderer
+    costs a few tenths of a second, which no other run should pay."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if not args or "--help" in args:
+            import typer.rich_utils
+
+            typer.rich_utils.Table = _HelpTable
+        return super().parse_args(ctx, args)
+
+
 app = typer.Typer(
+    cls=_Group,
     name="distillery",
     help="Make instruction-tuning data for LLMs: Self-Instruct, Evol-Instruct, ShareGPT cleaning and more.",
     no_args_is_help=True,
@@ -27,6 +58,7 @@ app = typer.Typer(
 )
 err_console = Console(stderr=True)
 out_console = Console()
+
 
 _ENDPOINT_PANEL = "Endpoint (any OpenAI-compatible server)"
 _ENDPOINT_FLAGS: dict[str, tuple[type, str, str]] = {

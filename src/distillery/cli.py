@@ -409,7 +409,9 @@ def evol(
     answers: Annotated[bool, typer.Option(help="Answer every evolved instruction (rules 2 and 3 need "
                                                 "answers).")] = True,
     answer_model: Annotated[str | None, typer.Option(help="Model that answers (default: --model).")] = None,
-    answer_system: Annotated[str | None, typer.Option(help="System prompt sent with every answer request.")] = None,
+    answer_system: Annotated[str | None, typer.Option(
+        help="System prompt sent with every answer request; default: WizardLM's "
+             "\"You are a helpful assistant.\"")] = None,
     judge: Annotated[bool, typer.Option(help="Ask the model whether each evolution equals its parent "
                                               "(elimination rule 1).")] = True,
     keep_original: Annotated[bool, typer.Option(

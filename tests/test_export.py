@@ -10,7 +10,7 @@ from conftest import ANCHORS, run_cli
 from tiny_tokenizer import CHATML_JINJA, LLAMA3_JINJA, SPECIAL_TOKENS, build_tiny_tokenizer, training_text
 
 from distillery.chat_templates import ALPACA_SYSTEM, VICUNA_SYSTEM, builtin
-from distillery.errors import UserError
+from distillery.errors import InputError, UserError
 from distillery.export import (
     IGNORE_INDEX,
     Dropped,
@@ -382,10 +382,10 @@ def test_an_export_with_nothing_to_train_on_fails_and_writes_nothing(tmp_path):
     assert sorted(path.name for path in tmp_path.iterdir()) == ["in.json", "tok"]
     long = tmp_path / "long.json"
     long.write_text(json.dumps([{"instruction": "Tell a story.", "input": "", "output": "Once upon a time " * 50}]))
-    dropped = run_cli("export", str(long), "-o", str(out), "--tokenizer", str(tokenizer_dir), "--template",
-                      "chatml", "--max-length", "20", "--overlong", "drop")
-    assert dropped.returncode == 2 and "all 1 records were left out (1 over-long)" in dropped.stderr
-    assert not out.exists()
+    with pytest.raises(InputError, match=r"all 1 records were left out \(1 over-long\)"):
+        export_file(long, out, ExportOptions(tokenizer=str(tokenizer_dir), template="chatml", max_length=20,
+                                             overlong="drop"))
+    assert not out.exists() and not list(tmp_path.glob("*.rejected.jsonl"))
 
 
 def test_a_huge_turn_is_dropped_before_it_is_tokenized(tmp_path, tokenizers):

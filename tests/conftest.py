@@ -14,7 +14,26 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from fake_openai import FakeOpenAI  # noqa: E402
 
+# Real public data (Alpaca and BELLE seeds, FastChat and LLaMA-Factory demos) that CI keeps beside the clone.
+# Tests that read it carry the `anchors` marker or ask for the `anchors` fixture; a clone without it skips them.
 ANCHORS = Path(__file__).resolve().parents[1].parent / "shared" / "anchors"
+ANCHORS_ABSENT = "../shared/anchors is absent (real public data that CI keeps beside the clone)"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests asking for the `anchors` fixture are marked too; marked tests skip where the data is absent."""
+    present = ANCHORS.is_dir()
+    for item in items:
+        if "anchors" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.anchors)
+        if not present and item.get_closest_marker("anchors"):
+            item.add_marker(pytest.mark.skip(reason=ANCHORS_ABSENT))
+
+
+@pytest.fixture(scope="session")
+def anchors() -> Path:
+    """The directory of real public data files (the test is skipped where it is absent)."""
+    return ANCHORS
 
 
 @pytest.fixture

@@ -177,6 +177,7 @@ def test_lang_keeps_only_the_listed_languages(tmp_path):
 
 # --- the FastChat anchor: already clean, so only duplicates go --------------------------------------------
 
+@pytest.mark.anchors
 def test_fastchat_dummy_conversations_come_through_unchanged(tmp_path):
     source = ANCHORS / "fastchat_dummy_conversation.json"
     original = json.loads(source.read_text(encoding="utf-8"))
@@ -197,6 +198,7 @@ def test_fastchat_dummy_conversations_come_through_unchanged(tmp_path):
         first_rounds.add(first)
 
 
+@pytest.mark.anchors
 def test_language_detection_can_be_left_out(tmp_path):
     out = tmp_path / "nolang.jsonl"
     report = clean(ANCHORS / "fastchat_dummy_conversation.json", out, CleanOptions(detect_lang=False))

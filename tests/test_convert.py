@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -18,11 +19,20 @@ GLAIVE = ANCHORS / "llamafactory_glaive_toolcall_zh_demo.json"
 FASTCHAT = ANCHORS / "fastchat_dummy_conversation.json"
 
 
+def sharegpt_file(tmp_path) -> Path:
+    """A small ShareGPT file the test builds, for tests that only need some valid conversations."""
+    source = tmp_path / "chat.json"
+    turns = [{"from": "human", "value": "Who are you?"}, {"from": "gpt", "value": "An assistant."}]
+    source.write_text(json.dumps([{"id": "c1", "conversations": turns}]), encoding="utf-8")
+    return source
+
+
 def without_nulls(record: dict) -> dict:
     """Parquet gives every row every column; a missing field reads back as None."""
     return {key: value for key, value in record.items() if value is not None}
 
 
+@pytest.mark.anchors
 def test_cli_round_trip_through_parquet_and_jsonl_is_lossless(tmp_path):
     original = json.loads(ALPACA_ZH.read_text(encoding="utf-8"))
     steps = [("sharegpt", "a.parquet"), ("openai", "b.jsonl"), ("alpaca", "c.json")]
@@ -34,6 +44,7 @@ def test_cli_round_trip_through_parquet_and_jsonl_is_lossless(tmp_path):
     assert json.loads((tmp_path / "c.json").read_text(encoding="utf-8")) == original
 
 
+@pytest.mark.anchors
 def test_parquet_keeps_fields_that_first_appear_after_row_one(tmp_path):
     """Record 1 of the zh demo has no input, so its converted row has no instruction_chars column."""
     out = tmp_path / "zh.parquet"
@@ -48,6 +59,7 @@ def test_parquet_keeps_fields_that_first_appear_after_row_one(tmp_path):
     assert read_records(back) == json.loads(ALPACA_ZH.read_text(encoding="utf-8"))
 
 
+@pytest.mark.anchors
 def test_parquet_loads_with_hugging_face_datasets(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     datasets = pytest.importorskip("datasets")
@@ -58,6 +70,7 @@ def test_parquet_loads_with_hugging_face_datasets(tmp_path, monkeypatch):
     assert loaded[0]["messages"][1]["tool_calls"][0]["function"]["name"] == "generate_invoice"
 
 
+@pytest.mark.anchors
 def test_sharegpt_parquet_round_trip_with_tools(tmp_path):
     out = tmp_path / "glaive.parquet"
     convert_file(GLAIVE, out, ConvertOptions(to="openai"))
@@ -66,6 +79,7 @@ def test_sharegpt_parquet_round_trip_with_tools(tmp_path):
     assert [without_nulls(r) for r in read_records(back)] == json.loads(GLAIVE.read_text(encoding="utf-8"))
 
 
+@pytest.mark.anchors
 @pytest.mark.parametrize(
     ("source", "to", "expected"),
     [
@@ -93,6 +107,7 @@ def test_dataset_info_entry_per_format(tmp_path, source, to, expected):
     assert result.entry == expected
 
 
+@pytest.mark.anchors
 def test_entries_follow_llamafactory_own_registry(tmp_path):
     """Our glaive entry names the same formatting and columns as LLaMA-Factory's own; tags are its defaults."""
     shipped = json.loads((ANCHORS / "llamafactory_dataset_info.json").read_text(encoding="utf-8"))
@@ -117,6 +132,7 @@ def test_alpaca_entry_names_system_and_history_when_records_use_them(tmp_path):
     assert entry["file_name"] == "x.json"
 
 
+@pytest.mark.anchors
 def test_dataset_info_update_leaves_other_entries_untouched(tmp_path):
     registry = tmp_path / "dataset_info.json"
     shutil.copy(ANCHORS / "llamafactory_dataset_info.json", registry)
@@ -132,11 +148,12 @@ def test_dataset_info_update_leaves_other_entries_untouched(tmp_path):
 
 
 def test_output_outside_the_registry_directory_gets_an_absolute_path(tmp_path):
-    entry = convert_file(FASTCHAT, tmp_path / "elsewhere" / "fc.json",
+    entry = convert_file(sharegpt_file(tmp_path), tmp_path / "elsewhere" / "fc.json",
                          ConvertOptions(to="sharegpt", dataset_info=tmp_path / "lf")).entry
     assert entry["file_name"] == str((tmp_path / "elsewhere" / "fc.json").resolve())
 
 
+@pytest.mark.anchors
 def test_openai_with_tool_calls_is_refused_for_llamafactory(tmp_path):
     out = tmp_path / "o.json"
     with pytest.raises(InputError, match=r"glaive_toolcall_zh_demo.json \(record 1\): calls tools.*use --to sharegpt"):
@@ -149,6 +166,7 @@ def test_openai_with_tool_calls_is_refused_for_llamafactory(tmp_path):
                             "columns": {"messages": "messages", "tools": "tools"}, "tags": OPENAI_TAGS}
 
 
+@pytest.mark.anchors
 def test_unconvertible_record_stops_the_run_with_exit_2_and_no_output(tmp_path):
     out = tmp_path / "a.json"
     done = run_cli("convert", str(GLAIVE), "-o", str(out), "--to", "alpaca")
@@ -159,6 +177,7 @@ def test_unconvertible_record_stops_the_run_with_exit_2_and_no_output(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.anchors
 def test_skip_invalid_writes_the_rest_and_explains_the_rejects(tmp_path):
     out = tmp_path / "a.jsonl"
     result = convert_file(GLAIVE, out, ConvertOptions(to="alpaca", skip_invalid=True))
@@ -184,7 +203,7 @@ def test_bad_json_line_is_named_and_nothing_is_written(tmp_path):
 
 def test_broken_registry_fails_before_anything_is_written(tmp_path):
     (tmp_path / "dataset_info.json").write_text("{not json", encoding="utf-8")
-    done = run_cli("convert", str(FASTCHAT), "-o", str(tmp_path / "x.json"), "--to", "openai",
+    done = run_cli("convert", str(sharegpt_file(tmp_path)), "-o", str(tmp_path / "x.json"), "--to", "openai",
                    "--dataset-info", str(tmp_path))
     assert done.returncode == 2
     assert "dataset_info.json: not valid JSON" in done.stderr
@@ -210,4 +229,4 @@ def test_bad_options_are_user_errors(tmp_path):
     with pytest.raises(UserError, match="give --dataset-info"):
         ConvertOptions(to="alpaca", name="x")
     with pytest.raises(UserError, match="unsupported extension"):
-        convert_file(FASTCHAT, tmp_path / "out.csv", ConvertOptions(to="openai"))
+        convert_file(sharegpt_file(tmp_path), tmp_path / "out.csv", ConvertOptions(to="openai"))

@@ -74,6 +74,7 @@ def perturb(text: str, rng: random.Random) -> str:
     return " ".join(words)
 
 
+@pytest.mark.anchors
 def test_tokenize_is_rouge_score_tokenizer_on_english_and_adds_one_token_per_ideograph():
     texts = instructions("llamafactory_alpaca_en_demo.json") + instructions("gpteacher_roleplay.json")[:500]
     texts += ["İstanbul KELVIN ×2 naïve café_au-lait 3.14", ""]
@@ -84,6 +85,7 @@ def test_tokenize_is_rouge_score_tokenizer_on_english_and_adds_one_token_per_ide
     assert SCORER._tokenizer.tokenize("写一个函数") == []
 
 
+@pytest.mark.anchors
 def test_rouge_l_is_bit_identical_to_rouge_score_on_real_pairs():
     texts = instructions("alpaca_seed_tasks.jsonl") + instructions("llamafactory_alpaca_en_demo.json")[:250]
     rng = random.Random(3)
@@ -95,6 +97,7 @@ def test_rouge_l_is_bit_identical_to_rouge_score_on_real_pairs():
     assert rouge_l([], ["a"]) == 0.0
 
 
+@pytest.mark.anchors
 def test_kept_set_equals_alpaca_loop_on_real_english_workload():
     seeds = instructions("alpaca_seed_tasks.jsonl")
     rng = random.Random(11)
@@ -168,6 +171,7 @@ def chinese_variants(text: str, rng: random.Random) -> list[str]:
     return [changed, changed_two, removed, removed_two, added, added_two]
 
 
+@pytest.mark.anchors
 def test_chinese_near_duplicates_are_dropped_and_distinct_instructions_kept():
     seeds = instructions("belle_zh_seed_tasks.json")
     assert len(list(dedup_records({"instruction": text} for text in seeds))) == len(seeds)  # all distinct
@@ -180,6 +184,7 @@ def test_chinese_near_duplicates_are_dropped_and_distinct_instructions_kept():
     assert all(reference_score(variant, text) == 0.0 for variant, text in zip(variants[:60], long_enough, strict=False))
 
 
+@pytest.mark.anchors
 def test_minhash_catches_near_copies_and_keeps_distinct_text():
     seeds = instructions("belle_zh_seed_tasks.json") + instructions("alpaca_seed_tasks.jsonl")
     index = MinHashIndex(threshold=0.8)
@@ -207,6 +212,7 @@ def test_exact_index_folds_case_and_whitespace_only():
     assert len(index) == 1
 
 
+@pytest.mark.anchors
 def test_record_text_reads_each_layout_and_locates_errors():
     assert record_text({"instruction": "a", "input": "b"}, "input") == "b"
     assert record_text({"conversations": [{"from": "gpt", "value": "x"}, {"from": "human", "value": "hi"}]}) == "hi"
@@ -242,6 +248,7 @@ RECORDS = [
 ]
 
 
+@pytest.mark.anchors
 def test_cli_keeps_records_unchanged_in_order_and_writes_rejected(tmp_path):
     source = write_jsonl(tmp_path / "in.jsonl", RECORDS)
     out, rejected = tmp_path / "out.jsonl", tmp_path / "rejected.jsonl"
@@ -257,6 +264,7 @@ def test_cli_keeps_records_unchanged_in_order_and_writes_rejected(tmp_path):
     assert "kept" in done.stdout and "dropped (rouge-l > 0.7)" in done.stdout and "175" in done.stdout
 
 
+@pytest.mark.anchors
 def test_cli_pool_drops_a_reworded_seed_and_threshold_is_strict(tmp_path):
     seed = instructions("alpaca_seed_tasks.jsonl")[0]
     source = write_jsonl(tmp_path / "in.jsonl", [{"instruction": perturb(seed, random.Random(1))}])
@@ -351,6 +359,7 @@ def test_cli_bad_options_are_user_errors(tmp_path, monkeypatch, flags, message):
     assert sorted(path.name for path in tmp_path.iterdir()) == ["in.jsonl"]
 
 
+@pytest.mark.anchors
 def test_dedup_file_returns_counts(tmp_path):
     source = write_jsonl(tmp_path / "in.jsonl", RECORDS)
     summary = dedup_file(source, tmp_path / "out.parquet", DedupOptions(), against=[SEEDS])

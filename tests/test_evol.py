@@ -155,9 +155,14 @@ def test_a_leaked_leading_header_is_stripped(reply, expected):
     ("reply", "equal"),
     [("Equal", True), ("Equal.", True), ("Not Equal", False), ("not equal.", False), ("NOT EQUAL", False),
      ("Unequal", False), ("Judgement: Not Equal", False), ("相同", True), ("不相同", False), ("不相等。", False),
-     ("I cannot tell.", None), ("", None)],
+     ("I cannot tell.", None), ("", None),
+     ("Equal? No, the second instruction adds a constraint.", False), ("Equal? Yes.", True),
+     ("Are they equal? No.", False), ("Equal or Not Equal: Equal", True), ("Equal or Not Equal: Not Equal", False),
+     ("Not equal. Why? The second one is deeper.", False), ("No, they are not equal.", False),
+     ("**Not Equal**", False), ("They are the same.", True), ("相同吗？不，不相同。", False),
+     ("“相同”还是“不相同”：相同", True), ("Equal?", None)],
 )
-def test_judge_replies_are_parsed_not_equal_first(reply, equal):
+def test_judge_replies_are_read_for_their_verdict(reply, equal):
     assert judged_equal(reply) is equal
 
 
@@ -328,11 +333,28 @@ def test_poison_never_reaches_output_and_every_rule_is_logged(fake_server, tmp_p
     assert sum(m["in"] for m in summary["per_method"].values()) == 36
     assert sum(m["out"] for m in summary["per_method"].values()) == 26
     assert summary["records_written"] == 38 and summary["evolved"] == 26
+    assert summary["salvaged"] == 6, "items 5 and 11 kept in each round after their leaked header was stripped"
     # evolve 36; judge for all but the 4 caught by cheap checks; answers for all the judge let through
     assert summary["requests"]["sent"] == len(fake_server.requests) == 36 + 32 + 30
     assert summary["requests"]["prompt_tokens"] > 0
     assert "round 1 passed" in done.stdout and "2 / 12 (17%)" in done.stdout
     assert "rejected: no_information_gain" in done.stdout
+    assert "kept after stripping a leaked header" in done.stdout
+
+
+def test_rewrites_and_answers_carry_wizardlm_system_message(fake_server, tmp_path):
+    fake_server.script = poison_script()
+    seeds_file(tmp_path / "seeds.json", 3)
+    out = tmp_path / "evolved.jsonl"
+    done = run_cli("evol", str(tmp_path / "seeds.json"), "-o", str(out), "--rounds", "1", "--seed", str(SEED),
+                   env=cli_env(fake_server))
+    assert done.returncode == 0, done.stderr
+    system = {"role": "system", "content": "You are a helpful assistant."}
+    kinds = Counter(classify(body)[0] for body in fake_server.requests)
+    assert kinds["evolve"] == 3 and kinds["answer"] >= 1
+    for body in fake_server.requests:
+        if classify(body)[0] in ("evolve", "answer"):
+            assert body["messages"] == [system, {"role": "user", "content": body["messages"][-1]["content"]}]
 
 
 def test_chinese_path_uses_chinese_templates_and_rules(fake_server, tmp_path):

@@ -10,8 +10,16 @@ from conftest import ANCHORS, run_cli
 from tiny_tokenizer import CHATML_JINJA, LLAMA3_JINJA, SPECIAL_TOKENS, build_tiny_tokenizer, training_text
 
 from distillery.chat_templates import ALPACA_SYSTEM, VICUNA_SYSTEM, builtin
-from distillery.errors import UserError
-from distillery.export import IGNORE_INDEX, ExportFailed, ExportOptions, LabelEncoder, RecordFailed, export_file
+from distillery.errors import InputError, UserError
+from distillery.export import (
+    IGNORE_INDEX,
+    Dropped,
+    ExportFailed,
+    ExportOptions,
+    LabelEncoder,
+    RecordFailed,
+    export_file,
+)
 from distillery.io import read_records
 from distillery.tokens import load_tokenizer
 
@@ -125,9 +133,10 @@ def test_max_length_truncates_at_a_turn_boundary_or_drops(tokenizers):
     cut = encoder.example(TRICKY, ExportOptions(tokenizer="-", template="chatml", max_length=limit))
     assert cut.truncated
     assert (cut.input_ids, cut.labels) == (one_round.input_ids, one_round.labels)
-    assert encoder.example(TRICKY, ExportOptions(tokenizer="-", template="chatml", max_length=limit,
-                                                 overlong="drop")) is None
-    assert encoder.example(TRICKY, ExportOptions(tokenizer="-", template="chatml", max_length=5)) is None
+    with pytest.raises(Dropped, match=f"tokens, over --max-length {limit}$"):
+        encoder.example(TRICKY, ExportOptions(tokenizer="-", template="chatml", max_length=limit, overlong="drop"))
+    with pytest.raises(Dropped, match="no earlier turn boundary fits"):
+        encoder.example(TRICKY, ExportOptions(tokenizer="-", template="chatml", max_length=5))
 
 
 def test_export_file_counts_truncated_and_dropped(tmp_path, tokenizers):
@@ -146,6 +155,7 @@ def test_export_file_counts_truncated_and_dropped(tmp_path, tokenizers):
     assert result.trained_tokens == 2 * sum(label != IGNORE_INDEX for label in rows[0]["labels"])
 
 
+@pytest.mark.anchors
 def test_cli_export_of_fastchat_data_to_parquet(tmp_path):
     tokenizer_dir = build_tiny_tokenizer(tmp_path / "tok")
     out = tmp_path / "train.parquet"
@@ -251,6 +261,7 @@ def test_template_that_rewrites_message_text_is_reported(tmp_path):
         LabelEncoder(load_tokenizer(str(build_tiny_tokenizer(tmp_path / "tok2", everywhere))), "auto")
 
 
+@pytest.mark.anchors
 def test_tool_calls_are_reported_not_rendered(tmp_path):
     tokenizer_dir = build_tiny_tokenizer(tmp_path / "tok")
     with pytest.raises(ExportFailed) as caught:
@@ -336,3 +347,71 @@ def test_bad_input_and_bad_options_exit_2_without_output(tmp_path):
         ExportOptions(tokenizer="-", max_length=0)
     with pytest.raises(UserError, match="needs a tokenizer with a chat_template"):
         LabelEncoder(load_tokenizer(str(tokenizer_dir)), "auto")
+
+
+def test_records_with_empty_assistant_turns_are_dropped_with_their_reason(tmp_path):
+    tokenizer_dir = build_tiny_tokenizer(tmp_path / "tok")
+    source = tmp_path / "in.json"
+    records = [{"instruction": "Name a colour.", "input": "", "output": ""},
+               {"instruction": "Name a fruit.", "input": "", "output": "An apple."},
+               {"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello."},
+                                  {"from": "human", "value": "Bye"}, {"from": "gpt", "value": "  "}]}]
+    source.write_text(json.dumps(records))
+    out = tmp_path / "out.jsonl"
+    result = export_file(source, out, ExportOptions(tokenizer=str(tokenizer_dir), template="chatml"))
+    assert (result.records, result.written, result.dropped_empty) == (3, 2, 1)
+    rejected = read_records(tmp_path / "out.jsonl.rejected.jsonl")
+    assert [(r["where"], r["reason"]) for r in rejected] == [(f"{source} (record 1)", "empty_assistant")]
+    assert rejected[0]["detail"] == "every assistant turn is empty, so only end-of-turn tokens would be trained"
+    last = export_file(source, out, ExportOptions(tokenizer=str(tokenizer_dir), template="chatml",
+                                                  train_on="last-assistant"))
+    assert (last.written, last.dropped_empty) == (1, 2)
+
+
+def test_an_export_with_nothing_to_train_on_fails_and_writes_nothing(tmp_path):
+    tokenizer_dir = build_tiny_tokenizer(tmp_path / "tok")
+    source = tmp_path / "in.json"
+    source.write_text(json.dumps([{"instruction": f"Question {n}?", "input": "", "output": ""} for n in range(3)]))
+    out = tmp_path / "out.parquet"
+    done = run_cli("export", str(source), "-o", str(out), "--tokenizer", str(tokenizer_dir), "--template", "chatml")
+    assert done.returncode == 2, done.stdout
+    assert done.stderr.strip().splitlines()[-1].endswith(
+        "in.json: nothing to train on: all 3 records were left out (3 with empty assistant turns), "
+        f"so {out} was not written")
+    assert "Traceback" not in done.stderr
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["in.json", "tok"]
+    long = tmp_path / "long.json"
+    long.write_text(json.dumps([{"instruction": "Tell a story.", "input": "", "output": "Once upon a time " * 50}]))
+    with pytest.raises(InputError, match=r"all 1 records were left out \(1 over-long\)"):
+        export_file(long, out, ExportOptions(tokenizer=str(tokenizer_dir), template="chatml", max_length=20,
+                                             overlong="drop"))
+    assert not out.exists() and not list(tmp_path.glob("*.rejected.jsonl"))
+
+
+def test_a_huge_turn_is_dropped_before_it_is_tokenized(tmp_path, tokenizers):
+    huge = "All work and no play makes Jack a dull boy. " * 100_000  # 4.4 MB
+    chat = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."},
+            {"role": "user", "content": huge}, {"role": "assistant", "content": "Indeed."}]
+    encoder = LabelEncoder(tokenizers["plain"], "chatml")
+    encoded: list[int] = []
+    encode = encoder.encode
+    encoder.encode = lambda rendered: encoded.append(len(rendered.text)) or encode(rendered)
+    options = ExportOptions(tokenizer="-", template="chatml", max_length=64)
+    cut = encoder.example(chat, options)
+    assert cut.truncated and tokenizers["plain"].decode(cut.input_ids).endswith("Hello.<|im_end|>\n")
+    with pytest.raises(Dropped, match=r"4,400,007 characters of text, far beyond what --max-length 64 tokens can "
+                                      r"hold; not tokenized"):
+        encoder.example(chat[2:], options)
+    with pytest.raises(Dropped, match="far beyond"):
+        encoder.example(chat, ExportOptions(tokenizer="-", template="chatml", max_length=64, overlong="drop"))
+    assert max(encoded) < 100, "the huge turn was never tokenized"
+
+    tokenizer_dir = build_tiny_tokenizer(tmp_path / "tok")
+    source = tmp_path / "in.jsonl"
+    source.write_text(json.dumps({"messages": chat[2:]}) + "\n" + json.dumps({"messages": chat[:2]}) + "\n")
+    result = export_file(source, tmp_path / "out.jsonl",
+                         ExportOptions(tokenizer=str(tokenizer_dir), template="chatml", max_length=64))
+    assert (result.written, result.dropped_overlong) == (1, 1)
+    rejected = read_records(tmp_path / "out.jsonl.rejected.jsonl")
+    assert [(r["where"], r["reason"]) for r in rejected] == [(f"{source}:1", "overlong")]
+    assert rejected[0]["detail"].endswith("not tokenized")

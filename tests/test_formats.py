@@ -18,6 +18,7 @@ def load(name: str) -> list[dict]:
     return json.loads((ANCHORS / name).read_text(encoding="utf-8"))
 
 
+@pytest.mark.anchors
 @pytest.mark.parametrize("name", ALPACA_FILES)
 def test_alpaca_to_sharegpt_to_openai_to_alpaca_reproduces_every_record(name):
     records = load(name)
@@ -30,6 +31,7 @@ def test_alpaca_to_sharegpt_to_openai_to_alpaca_reproduces_every_record(name):
         assert detect_format(sharegpt) == "sharegpt" and detect_format(openai) == "openai"
 
 
+@pytest.mark.anchors
 @pytest.mark.parametrize("name", SHAREGPT_FILES)
 def test_sharegpt_to_openai_to_sharegpt_reproduces_every_record(name):
     records = load(name)
@@ -41,6 +43,7 @@ def test_sharegpt_to_openai_to_sharegpt_reproduces_every_record(name):
         assert list(back) == list(record)
 
 
+@pytest.mark.anchors
 def test_the_demo_data_has_the_hard_cases_the_round_trip_must_survive():
     """Blank lines inside instructions and inputs are what make a naive split on the join ambiguous."""
     records = load("llamafactory_alpaca_en_demo.json")
@@ -94,6 +97,7 @@ def test_multi_turn_sharegpt_becomes_alpaca_with_history():
     assert convert_record(alpaca, "sharegpt") == record
 
 
+@pytest.mark.anchors
 def test_tool_calls_map_onto_openai_tool_calls_and_tool_messages():
     record = load("llamafactory_glaive_toolcall_zh_demo.json")[0]
     messages = convert_record(record, "openai")["messages"]
@@ -160,7 +164,6 @@ def test_openai_developer_role_reads_as_system():
 @pytest.mark.parametrize(
     ("record", "to", "message"),
     [
-        (load("llamafactory_glaive_toolcall_zh_demo.json")[0], "alpaca", "message 2 is a tool call"),
         ({"conversations": [{"from": "human", "value": "q"}]}, "alpaca", "must end with an assistant reply"),
         ({"conversations": [{"from": "gpt", "value": "a"}, {"from": "human", "value": "q"}]}, "alpaca",
          "message 1 is role 'assistant' where Alpaca needs a user turn"),
@@ -195,6 +198,13 @@ def test_lossy_or_malformed_records_are_refused_by_name(record, to, message):
     assert message in str(caught.value)
 
 
+@pytest.mark.anchors
+def test_a_real_tool_call_record_is_refused_for_alpaca():
+    with pytest.raises(InputError, match="message 2 is a tool call"):
+        convert_record(load("llamafactory_glaive_toolcall_zh_demo.json")[0], "alpaca", "data.json:7")
+
+
+@pytest.mark.anchors
 def test_same_format_is_returned_unchanged_but_still_checked():
     record = load("fastchat_dummy_conversation.json")[3]
     assert convert_record(record, "sharegpt") == record

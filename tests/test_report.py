@@ -318,6 +318,7 @@ def _open_page(path: Path, screenshot: Path) -> dict:
     return found
 
 
+@pytest.mark.anchors
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"Debian's chromium is not installed at {CHROMIUM}")
 def test_browser_renders_every_section(inputs: tuple[Path, Path], tmp_path: Path) -> None:
     pytest.importorskip("playwright.sync_api")

@@ -111,6 +111,7 @@ def test_english_diversity_matches_rouge_score():
     assert theirs[0] <= ROUGE_LIMIT, theirs
 
 
+@pytest.mark.anchors
 @pytest.mark.parametrize(("name", "anchor"), [("en", "alpaca_seed_tasks.jsonl"), ("zh", "belle_zh_seed_tasks.json")])
 def test_written_independently_of_alpaca_and_belle_seeds(name, anchor):
     theirs = [json.loads(line) for line in (ANCHORS / anchor).read_text(encoding="utf-8").splitlines()]

@@ -221,6 +221,7 @@ def test_english_run_keeps_exactly_num_good_tasks(fake_server, tmp_path):
     assert prompt.endswith("###\n4. Instruction:") and prompt.count("\n###\n") == 4
 
 
+@pytest.mark.anchors
 def test_chinese_run_keeps_only_chinese(fake_server, tmp_path):
     teacher = Teacher("zh")
     fake_server.script = teacher
@@ -267,7 +268,7 @@ def test_kill_9_mid_run_then_rerun_finishes_exactly(fake_server, tmp_path):
     fake_server.script = teacher
     fake_server.latency = 0.05
     out = tmp_path / "tasks.json"
-    args = ["self-instruct", "--lang", "zh", "--seeds", str(ZH_SEEDS), "--num", "60", "-o", str(out),
+    args = ["self-instruct", "--lang", "zh", "--seeds", "builtin:zh", "--num", "60", "-o", str(out),
             "--concurrency", "4", "--machine-examples", "2", "--with-meta"]
     victim = subprocess.Popen([cli_exe(), *args], env=cli_env(fake_server),
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -282,7 +283,7 @@ def test_kill_9_mid_run_then_rerun_finishes_exactly(fake_server, tmp_path):
     done = run_cli(*args, env=cli_env(fake_server))
     assert done.returncode == 0, done.stderr
     records = read_output(out)
-    assert_clean_output(records, teacher, load_seeds(str(ZH_SEEDS)), 60)
+    assert_clean_output(records, teacher, load_seeds("builtin:zh"), 60)
     assert [r["instruction"] for r in records[: len(kept_before)]] == [r["instruction"] for r in kept_before]
     twice = [prompt for prompt, count in fake_server.answered.items() if count > 1]
     assert len(twice) <= 4, "only requests in flight at the kill may be sent again"
@@ -302,7 +303,7 @@ def test_rerun_of_a_finished_run_sends_nothing_and_a_larger_num_extends_it(fake_
     teacher = Teacher("zh")
     fake_server.script = teacher
     out = tmp_path / "tasks.json"
-    base = ["self-instruct", "--lang", "zh", "--seeds", str(ZH_SEEDS), "-o", str(out), "--concurrency", "2"]
+    base = ["self-instruct", "--lang", "zh", "--seeds", "builtin:zh", "-o", str(out), "--concurrency", "2"]
     assert run_cli(*base, "--num", "10", env=cli_env(fake_server)).returncode == 0
     first = read_output(out)
     sent = len(fake_server.requests)
@@ -311,7 +312,7 @@ def test_rerun_of_a_finished_run_sends_nothing_and_a_larger_num_extends_it(fake_
     assert run_cli(*base, "--num", "25", env=cli_env(fake_server)).returncode == 0
     extended = read_output(out)
     assert extended[:10] == first
-    assert_clean_output(extended, teacher, load_seeds(str(ZH_SEEDS)), 25)
+    assert_clean_output(extended, teacher, load_seeds("builtin:zh"), 25)
 
 
 def test_budget_stops_cleanly_with_exit_4_and_a_rerun_finishes(fake_server, tmp_path):
@@ -324,7 +325,7 @@ def test_budget_stops_cleanly_with_exit_4_and_a_rerun_finishes(fake_server, tmp_
 
     fake_server.script = priced
     out = tmp_path / "tasks.json"
-    base = ["self-instruct", "--lang", "zh", "--seeds", str(ZH_SEEDS), "-o", str(out), "--num", "12",
+    base = ["self-instruct", "--lang", "zh", "--seeds", "builtin:zh", "-o", str(out), "--num", "12",
             "--concurrency", "1", "--price-input", "0", "--price-output", "1"]
     stopped = run_cli(*base, "--max-cost", "0.0025", env=cli_env(fake_server))
     assert stopped.returncode == 4 and "--max-cost" in stopped.stderr
@@ -332,13 +333,13 @@ def test_budget_stops_cleanly_with_exit_4_and_a_rerun_finishes(fake_server, tmp_
     assert json.loads(Path(f"{out}.summary.json").read_text())["stopped"].startswith("--max-cost")
     finished = run_cli(*base, env=cli_env(fake_server))
     assert finished.returncode == 0, finished.stderr
-    assert_clean_output(read_output(out), teacher, load_seeds(str(ZH_SEEDS)), 12)
+    assert_clean_output(read_output(out), teacher, load_seeds("builtin:zh"), 12)
 
 
 def test_a_model_that_never_follows_the_format_stops_with_exit_3(fake_server, tmp_path):
     fake_server.script = lambda body, number: "I am sorry, but I can only chat."
     out = tmp_path / "tasks.json"
-    done = run_cli("self-instruct", "--lang", "zh", "--seeds", str(ZH_SEEDS), "-o", str(out), "--num", "5",
+    done = run_cli("self-instruct", "--lang", "zh", "--seeds", "builtin:zh", "-o", str(out), "--num", "5",
                    "--concurrency", "1", env=cli_env(fake_server))
     assert done.returncode == 3 and "gave no new record" in done.stderr
     assert read_output(out) == []
@@ -349,7 +350,7 @@ def test_a_model_that_never_follows_the_format_stops_with_exit_3(fake_server, tm
 def test_an_endpoint_that_keeps_failing_stops_with_exit_3(fake_server, tmp_path):
     fake_server.script = lambda body, number: Reply(status=500)
     out = tmp_path / "tasks.json"
-    done = run_cli("self-instruct", "--lang", "zh", "--seeds", str(ZH_SEEDS), "-o", str(out), "--num", "5",
+    done = run_cli("self-instruct", "--lang", "zh", "--seeds", "builtin:zh", "-o", str(out), "--num", "5",
                    "--concurrency", "2", "--max-retries", "0", env=cli_env(fake_server))
     assert done.returncode == 3 and "requests in a row failed" in done.stderr
     assert 10 <= len(fake_server.requests) <= 12
@@ -364,9 +365,9 @@ def test_an_endpoint_that_keeps_failing_stops_with_exit_3(fake_server, tmp_path)
         (["--seeds", "{no_tasks}"], "holds no seed tasks"),
         (["--seeds", "{no_output}"], "no_output.jsonl:2: seed task needs a non-empty string 'output'"),
         (["--seeds", "{bad_instances}"], "bad_instances.jsonl:1: 'instances' must be a non-empty list of objects"),
-        (["--seeds", str(EN_SEEDS), "--template", "missing.txt"], "missing.txt: no such file"),
-        (["--seeds", str(EN_SEEDS), "--template", "{no_slot}"], "has no {examples} slot"),
-        (["--seeds", str(EN_SEEDS), "--template", "{examples_only}", "--constraint", "Be kind."],
+        (["--seeds", "builtin:en", "--template", "missing.txt"], "missing.txt: no such file"),
+        (["--seeds", "builtin:en", "--template", "{no_slot}"], "has no {examples} slot"),
+        (["--seeds", "builtin:en", "--template", "{examples_only}", "--constraint", "Be kind."],
          "has no {requirements} slot"),
     ],
 )
@@ -419,6 +420,7 @@ def test_impossible_options_are_user_errors(fake_server, tmp_path, extra, expect
 # The recipe's parts, in process
 
 
+@pytest.mark.anchors
 def test_seed_files_are_told_apart_by_content(tmp_path):
     belle = load_seeds(str(ZH_SEEDS))  # a .json file that really holds JSONL seed tasks
     assert len(belle) == 175 and belle[0] == {
@@ -445,6 +447,7 @@ def test_examples_are_encoded_as_alpaca_blocks():
     )
 
 
+@pytest.mark.anchors
 def test_constraints_continue_the_requirement_numbers(tmp_path):
     options = SelfInstructOptions(output=tmp_path / "o.json", constraints=["Every task is about personal finance."])
     prompt = PromptTemplate.load(options).render(load_seeds(str(EN_SEEDS))[:3], ["Be concise."], 20)
@@ -573,6 +576,7 @@ def test_requests_in_flight_follow_what_is_still_needed(fake_server, tmp_path, m
     assert peak == 8
 
 
+@pytest.mark.anchors
 def test_python_api_with_alpaca_seed_file(fake_server, tmp_path, monkeypatch):
     monkeypatch.setenv("OPENAI_BASE_URL", fake_server.base_url)
     teacher = Teacher("en")

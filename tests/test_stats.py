@@ -97,6 +97,7 @@ def test_token_counts_come_from_the_tokenizer(mixed, tmp_path):
                                  "It is 18C and sunny."))
 
 
+@pytest.mark.anchors
 def test_cli_prints_a_table_and_writes_json(tmp_path):
     out = tmp_path / "new" / "stats.json"
     done = run_cli("stats", str(ANCHORS / "fastchat_dummy_conversation.json"), "--json", str(out))

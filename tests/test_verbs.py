@@ -76,6 +76,7 @@ def _instructions(name: str) -> list[str]:
     return [record["instruction"] for record in json.loads((ANCHORS / name).read_text(encoding="utf-8"))]
 
 
+@pytest.mark.anchors
 @pytest.mark.parametrize(
     ("name", "least_share", "expected_top"),
     [

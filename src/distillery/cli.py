@@ -9,15 +9,46 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
+import click
 import typer
+import typer.core
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from distillery.cost import RunStats
 from distillery.endpoint import EndpointOptions
 from distillery.errors import UserError
 
+
+class _HelpTable(Table):
+    """Typer's --help option tables, with option names that never wrap or shrink.
+
+    In a narrow terminal rich squeezes every column alike, so at 80 columns names were cut
+    ("--prompt-exampl…"); with the name columns kept whole, the help text wraps instead.
+    """
+
+    def add_row(self, *renderables: Any, **kwargs: Any) -> None:
+        super().add_row(*renderables, **kwargs)
+        for column, cell in zip(self.columns, renderables, strict=False):
+            if isinstance(cell, Text) and cell.plain.startswith("-"):
+                column.no_wrap = True
+
+
+class _Group(typer.core.TyperGroup):
+    """Puts _HelpTable into typer's help renderer when help is asked for; importing that renderer
+    costs a few tenths of a second, which no other run should pay."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if not args or "--help" in args:
+            import typer.rich_utils
+
+            typer.rich_utils.Table = _HelpTable
+        return super().parse_args(ctx, args)
+
+
 app = typer.Typer(
+    cls=_Group,
     name="distillery",
     help="Make instruction-tuning data for LLMs: Self-Instruct, Evol-Instruct, ShareGPT cleaning and more.",
     no_args_is_help=True,
@@ -26,6 +57,7 @@ app = typer.Typer(
 )
 err_console = Console(stderr=True)
 out_console = Console()
+
 
 _ENDPOINT_PANEL = "Endpoint (any OpenAI-compatible server)"
 _ENDPOINT_FLAGS: dict[str, tuple[type, str, str]] = {
@@ -263,6 +295,8 @@ def export(
         ("examples written", result.written),
         ("truncated at a turn boundary", result.truncated),
         ("dropped as over-long", result.dropped_overlong),
+        ("dropped: empty assistant turns", result.dropped_empty),
+        ("reasons for every left-out record", result.rejected or "-"),
         ("skipped (failed self-check)", f"{result.invalid} → {result.rejected}" if result.invalid else 0),
         ("tokens / trained tokens", f"{result.tokens:,} / {result.trained_tokens:,}"),
     ])
@@ -378,7 +412,9 @@ def evol(
     answers: Annotated[bool, typer.Option(help="Answer every evolved instruction (rules 2 and 3 need "
                                                 "answers).")] = True,
     answer_model: Annotated[str | None, typer.Option(help="Model that answers (default: --model).")] = None,
-    answer_system: Annotated[str | None, typer.Option(help="System prompt sent with every answer request.")] = None,
+    answer_system: Annotated[str | None, typer.Option(
+        help="System prompt sent with every answer request; default: WizardLM's "
+             "\"You are a helpful assistant.\"")] = None,
     judge: Annotated[bool, typer.Option(help="Ask the model whether each evolution equals its parent "
                                               "(elimination rule 1).")] = True,
     keep_original: Annotated[bool, typer.Option(
@@ -402,7 +438,8 @@ def evol(
         lang=lang, answers=answers, answer_model=answer_model, answer_system=answer_system, judge=judge,
         keep_original=keep_original, templates=templates,
     ))
-    rows: list[tuple[str, object]] = [("records written", result.written), ("evolved", result.evolved)]
+    rows: list[tuple[str, object]] = [("records written", result.written), ("evolved", result.evolved),
+                                      ("kept after stripping a leaked header", result.salvaged)]
     rows += [(f"round {row['round']} passed", f"{row['out']} / {row['in']}"
               + (f" ({row['pass_rate']:.0%})" if row["pass_rate"] is not None else "")) for row in result.rounds]
     rows += [(f"rejected: {rule}", count) for rule, count in result.rules.items()]

@@ -59,6 +59,8 @@ DATA_FORMATS = {
     "zh": ("JSON 格式的数据", "XML 格式的数据", "一张 Markdown 表格", "一张 CSV 表格", "一段 Python 代码",
            "一个 SQL 数据库表结构", "一个 HTML 页面", "一条 Shell 命令"),
 }
+# WizardLM's Evol_Instruct/openai_access.py sends this system message with every rewrite and every answer.
+WIZARDLM_SYSTEM = "You are a helpful assistant."
 _PLACEHOLDERS = {JUDGE: ("{first}", "{second}")}
 _FIELD = re.compile(r"\{(instruction|data_format|first|second)\}")
 _JUDGE_PARAMS = {"temperature": 0.0, "max_tokens": 16}
@@ -103,8 +105,18 @@ _LEAKED_HEADER = re.compile(
     r")\s*[*_]*\s*",
     re.IGNORECASE,
 )
-_NOT_EQUAL = re.compile(r"not\s*equal|unequal|不相同|不相等|不同|不一样", re.IGNORECASE)
-_EQUAL = re.compile(r"equal|相同|相等|一样", re.IGNORECASE)
+# The judge's verdict. Replies are read clause by clause; a clause that ends in a question mark only echoes
+# the question ("Equal? No, ..."), the template's own "Equal or Not Equal" is no answer, and a bare yes or no
+# answers the question the judge was asked. Negative forms come first in each alternation, so "not equal"
+# and "不相同" are never read as their positive halves.
+_CLAUSE = re.compile(r"[^.!?。！？,，;；:：\n]+[.!?。！？,，;；:：\n]*")
+_ECHOED_CHOICE = re.compile(r"equal\s+or\s+not\s+equal|“?相同”?\s*(?:还是|或)\s*“?不相同”?", re.IGNORECASE)
+_VERDICT = re.compile(
+    r"(?P<differ>\bnot\s*equal|\bunequal|\bnot\s+the\s+same\b|\bdifferent\b|不相同|不相等|不同|不一样)"
+    r"|(?P<same>\bequal|\bthe\s+same\b|\bidentical\b|相同|相等|一样)",
+    re.IGNORECASE,
+)
+_BARE_ANSWER = {"no": False, "yes": True, "否": False, "不是": False, "是": True, "是的": True}
 
 NO_INFORMATION_GAIN = "no_information_gain"
 SORRY_SHORT_ANSWER = "sorry_short_answer"
@@ -215,11 +227,19 @@ def normalise(text: str) -> str:
 
 
 def judged_equal(reply: str) -> bool | None:
-    """The judge's verdict; "not equal" is looked for first because it contains "equal"."""
-    if _NOT_EQUAL.search(reply):
-        return False
-    if _EQUAL.search(reply):
-        return True
+    """The judge's verdict: the first clause that answers, not the first word that looks like an answer.
+
+    "Equal? No, the second adds a constraint." is Not Equal; None when no clause gives a verdict.
+    """
+    for clause in _CLAUSE.findall(_ECHOED_CHOICE.sub(" ", reply)):
+        if clause.rstrip().endswith(("?", "？")):
+            continue
+        bare = clause.strip(" \t\n.!,，;；:：。！*_\"'“”").casefold()
+        if bare in _BARE_ANSWER:
+            return _BARE_ANSWER[bare]
+        verdict = _VERDICT.search(clause)
+        if verdict:
+            return verdict.lastgroup == "same"
     return None
 
 
@@ -275,6 +295,7 @@ class Attempt:
     parent: str
     instruction: str | None = None
     output: str | None = None
+    salvaged: bool = False
     rule: str | None = None
     detail: str | None = None
     error: str | None = None
@@ -303,6 +324,7 @@ class EvolResult:
     failed: int
     pending: int
     replayed: int
+    salvaged: int
     rounds: list[dict[str, Any]]
     rules: dict[str, int]
     stats: RunStats
@@ -345,7 +367,7 @@ class _Run:
         self.settings = {
             "answers": options.answers,
             "answer_model": options.answer_model or endpoint.model,
-            "answer_system": options.answer_system,
+            "answer_system": options.answer_system or WIZARDLM_SYSTEM,
             "judge": options.judge,
         }
 
@@ -389,7 +411,8 @@ class _Run:
         method, data_format = choose(self.seed, index, round_, self.options.methods, self.options.lang)
         prompt = self.templates.prompt(method, parent, data_format)
         params = {"seed": self.seed + round_} if self.endpoint.seed is not None else {}
-        request = ChatRequest([{"role": "user", "content": prompt}], sample=round_, params=params)
+        messages = [{"role": "system", "content": WIZARDLM_SYSTEM}, {"role": "user", "content": prompt}]
+        request = ChatRequest(messages, sample=round_, params=params)
         key = self._decision_key(request)
         if key in self.decided:
             return self._replay(Attempt(**self.decided[key]), index)
@@ -425,6 +448,7 @@ class _Run:
             attempt.error = f"evolution: {reply.error}"
             return
         attempt.instruction = strip_leaked_header(reply.text or "")
+        attempt.salvaged = attempt.instruction != (reply.text or "").strip()
         if not attempt.instruction:
             attempt.rule = EMPTY_REWRITE
         elif reply.finish_reason == "length":
@@ -449,9 +473,8 @@ class _Run:
             await self._answer(attempt)
 
     async def _answer(self, attempt: Attempt) -> None:
-        system = self.options.answer_system
-        messages = [{"role": "system", "content": system}] if system else []
-        messages.append({"role": "user", "content": attempt.instruction or ""})
+        system = self.options.answer_system or WIZARDLM_SYSTEM
+        messages = [{"role": "system", "content": system}, {"role": "user", "content": attempt.instruction or ""}]
         answer = await _chat(self.answerer, ChatRequest(messages), attempt)
         if not answer.ok:
             attempt.error = f"answer: {answer.error}"
@@ -496,6 +519,7 @@ def _write_outputs(run: _Run, seconds: float, stopped: str | None) -> EvolResult
     result = EvolResult(
         written=len(records), evolved=sum(a.passed for a in ordered), rejected=len(rejected), failed=len(failed),
         pending=len(run.seeds) * options.rounds - len(ordered), replayed=run.replayed,
+        salvaged=sum(a.passed and a.salvaged for a in ordered),
         rounds=[{"round": r, **stage.as_dict(), "pass_rate": _rate(stage)} for r, stage in rounds.items()],
         rules=dict(Counter(a.rule for a in ordered if a.rule).most_common()), stats=run.stats,
         summary_path=sidecar(options.output, ".summary.json"),
@@ -516,6 +540,7 @@ def _write_outputs(run: _Run, seconds: float, stopped: str | None) -> EvolResult
         "seeds": len(run.seeds),
         "records_written": result.written,
         "evolved": result.evolved,
+        "salvaged": result.salvaged,
         "rejected": result.rules,
         "failed": result.failed,
         "pending": result.pending,

@@ -9,14 +9,18 @@ that ends each assistant turn get labels, everything else gets -100.
 
 The self-check decodes each labelled turn and compares it with the message text and the end-of-turn
 token. A record that fails is reported with its turn and decoded text, never written with a silently
-wrong or empty mask.
+wrong or empty mask. A record with nothing to train on (empty assistant turns) or far too long to fit
+is dropped with its reason, the latter before it is tokenized, and an export that would write no example
+fails instead.
 """
 
 from __future__ import annotations
 
 import bisect
 import functools
+import itertools
 import re
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +39,14 @@ _MARK = "\ue002"  # a private-use character, added to our copy of the tokenizer 
 TEMPLATES = ("auto", *BUILTIN_NAMES)
 TRAIN_ON = ("all-assistant", "last-assistant")
 OVERLONG = ("truncate", "drop")
+# A token covers at most as many characters as its longest vocabulary string, give or take normalizers that
+# fold a few characters into one (NFKC, accent stripping); text longer than this many times the cutoff
+# cannot fit, so it is never tokenized.
+_NORMALIZER_SLACK = 4
+# transformers' stand-in for "no model_max_length" is 1e30; anything this large is no real context size.
+_NO_CONTEXT = 10**9
+EMPTY_ASSISTANT = "empty_assistant"
+OVERLONG_REASON = "overlong"
 PROBE = [
     {"role": "system", "content": "You are a helpful assistant."},
     {"role": "user", "content": "Hello! 你好吗?"},
@@ -91,6 +103,7 @@ class ExportResult:
     written: int = 0
     truncated: int = 0
     dropped_overlong: int = 0
+    dropped_empty: int = 0
     invalid: int = 0
     tokens: int = 0
     trained_tokens: int = 0
@@ -117,6 +130,15 @@ class Example:
     truncated: bool
 
 
+class Dropped(Exception):
+    """A record left out on purpose: it has nothing to train on, or cannot fit."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
 class RecordFailed(Exception):
     def __init__(self, failures: list[Failure]):
         super().__init__(failures[0].describe())
@@ -141,6 +163,9 @@ class LabelEncoder:
         self.text_encoder.no_padding()
         self.text_encoder.encode_special_tokens = True
         self.text_encoder.add_tokens([AddedToken(_MARK, special=False, normalized=False)])
+        self.longest_token = max(map(len, backend.get_vocab()), default=1)
+        context = getattr(tokenizer, "model_max_length", None)
+        self.context = context if isinstance(context, int) and 0 < context < _NO_CONTEXT else None
         # Template glue ("\n", "user\n", " USER: ") repeats in every record; its encoding never changes.
         self._encode_short = functools.lru_cache(maxsize=4096)(self._encode_text)
         added = {token.content: token for token in backend.get_added_tokens_decoder().values() if token.special}
@@ -308,23 +333,52 @@ class LabelEncoder:
             return "the labelled tokens do not decode back to the assistant text"
         return None
 
-    def example(self, messages: list[dict[str, Any]], options: ExportOptions) -> Example | None:
-        """The training example, truncated at a turn boundary when allowed; None when it cannot fit."""
+    def example(self, messages: list[dict[str, Any]], options: ExportOptions) -> Example:
+        """The training example, truncated at a turn boundary when allowed; raises Dropped when the record
+        cannot fit or would train on end-of-turn tokens only."""
+        messages, truncated = self._within_reach(messages, options)
         rendered = self.template.render(messages)
         ids, offsets = self.encode(rendered)
-        truncated = False
         if options.max_length is not None and len(ids) > options.max_length:
+            over = f"{len(ids):,} tokens, over --max-length {options.max_length}"
             if options.overlong == "drop":
-                return None
+                raise Dropped(OVERLONG_REASON, over)
             fitted = self._fit(messages, options.max_length)
             if fitted is None:
-                return None
+                raise Dropped(OVERLONG_REASON, f"{over}, and no earlier turn boundary fits")
             rendered, ids, offsets = fitted
             truncated = True
         spans = [span for span in rendered.spans if span.role == "assistant"]
         if options.train_on == "last-assistant":
             spans = spans[-1:]
+        if not any(rendered.content(span).strip() for span in spans):
+            which = "the last assistant turn is" if options.train_on == "last-assistant" else "every assistant turn is"
+            raise Dropped(EMPTY_ASSISTANT, f"{which} empty, so only end-of-turn tokens would be trained"
+                          if spans else "it has no assistant turn to train on")
         return Example(ids, self.label(rendered, ids, offsets, spans), truncated)
+
+    def _within_reach(
+        self, messages: list[dict[str, Any]], options: ExportOptions
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """The messages with everything from the first one that cannot fit cut off, counted in characters so
+        a huge turn is never tokenized; whether anything was cut. The cutoff is --max-length, else the
+        tokenizer's own context size."""
+        cutoff = options.max_length or self.context
+        if cutoff is None:
+            return messages, False
+        limit = cutoff * self.longest_token * _NORMALIZER_SLACK
+        sizes = list(itertools.accumulate(len(message.get("content") or "") for message in messages))
+        reach = bisect.bisect_right(sizes, limit)
+        if reach == len(messages):
+            return messages, False
+        unit = f"--max-length {options.max_length}" if options.max_length else f"the tokenizer's {cutoff}"
+        detail = f"{sizes[-1]:,} characters of text, far beyond what {unit} tokens can hold; not tokenized"
+        kept = messages[:reach]
+        while kept and kept[-1]["role"] != "assistant":
+            kept.pop()
+        if options.max_length is None or options.overlong == "drop" or not kept:
+            raise Dropped(OVERLONG_REASON, detail)
+        return kept, True
 
     def _fit(self, messages: list[dict[str, Any]], max_length: int):
         """The longest prefix ending with an assistant turn that fits, rendered afresh."""
@@ -339,10 +393,12 @@ class LabelEncoder:
 
 def export_file(input_path: str | Path, output: str | Path, options: ExportOptions) -> ExportResult:
     """Export a record file as input_ids / attention_mask / labels; nothing is written if a record fails,
-    unless options.skip_invalid."""
+    unless options.skip_invalid, or if no record is left to train on. Dropped records go to the rejected
+    file with their reason."""
     output = Path(output)
     encoder = LabelEncoder(load_tokenizer(options.tokenizer), options.template, options.allow_template_mismatch)
     result = ExportResult(output, encoder.template.name)
+    dropped: Counter[str] = Counter()
     rejects = RejectFile.beside(output, options.rejected)
     result.rejected = rejects.path
     with rejects, open_writer(output) as writer:
@@ -350,6 +406,10 @@ def export_file(input_path: str | Path, output: str | Path, options: ExportOptio
             result.records += 1
             try:
                 example = encoder.example(to_messages(record, where), options)
+            except Dropped as exc:
+                dropped[exc.reason] += 1
+                rejects.write({"where": where, "reason": exc.reason, "detail": exc.detail, "record": record})
+                continue
             except (InputError, RenderError) as exc:
                 message = str(exc).removeprefix(f"{where}: ")
                 _fail(result, rejects, record, [Failure(where, message)])
@@ -359,9 +419,6 @@ def export_file(input_path: str | Path, output: str | Path, options: ExportOptio
                     failure.where = where
                 _fail(result, rejects, record, exc.failures)
                 continue
-            if example is None:
-                result.dropped_overlong += 1
-                continue
             result.truncated += example.truncated
             result.tokens += len(example.input_ids)
             result.trained_tokens += sum(label != IGNORE_INDEX for label in example.labels)
@@ -369,9 +426,16 @@ def export_file(input_path: str | Path, output: str | Path, options: ExportOptio
             writer.write({"input_ids": example.input_ids, "attention_mask": mask, "labels": example.labels})
         if not result.records:
             raise InputError(input_path, "holds no records")
+        result.dropped_overlong, result.dropped_empty = dropped[OVERLONG_REASON], dropped[EMPTY_ASSISTANT]
         if result.invalid and not options.skip_invalid:
             rejects.keep()
             raise ExportFailed(result)
+        if not writer.count:
+            counts = ((result.dropped_empty, "with empty assistant turns"), (result.dropped_overlong, "over-long"),
+                      (result.invalid, "failing the self-check"))
+            why = ", ".join(f"{count} {text}" for count, text in counts if count)
+            raise InputError(input_path, f"nothing to train on: all {result.records} records were left out "
+                                         f"({why}), so {output} was not written")
     result.written = writer.count
     if not rejects.count:
         result.rejected = None

@@ -19,16 +19,19 @@ from conftest import ANCHORS, cli_env, cli_exe, run_cli
 from fake_openai import Reply, user_text
 from typer.testing import CliRunner
 
+from distillery import self_instruct
 from distillery.cli import app
-from distillery.dedup import rouge_l, tokenize
+from distillery.dedup import RougeIndex, rouge_l, tokenize
 from distillery.errors import UserError
 from distillery.llm import EndpointOptions
 from distillery.self_instruct import (
     EN_LABELS,
     ZH_LABELS,
     BlocklistFilter,
+    LanguageFilter,
     PromptTemplate,
     SelfInstructOptions,
+    build_filters,
     encode_examples,
     examples_pool,
     generate,
@@ -336,15 +339,47 @@ def test_budget_stops_cleanly_with_exit_4_and_a_rerun_finishes(fake_server, tmp_
     assert_clean_output(read_output(out), teacher, load_seeds("builtin:zh"), 12)
 
 
-def test_a_model_that_never_follows_the_format_stops_with_exit_3(fake_server, tmp_path):
+def test_a_model_that_never_follows_the_format_stops_after_10_answers(fake_server, tmp_path):
+    """It used to send 100 requests (114 with --lang zh against an English-only model) before giving up."""
     fake_server.script = lambda body, number: "I am sorry, but I can only chat."
     out = tmp_path / "tasks.json"
     done = run_cli("self-instruct", "--lang", "zh", "--seeds", "builtin:zh", "-o", str(out), "--num", "5",
                    "--concurrency", "1", env=cli_env(fake_server))
-    assert done.returncode == 3 and "gave no new record" in done.stderr
-    assert read_output(out) == []
+    assert done.returncode == 3 and "none of the first 10 answers could be parsed" in " ".join(done.stderr.split())
+    assert read_output(out) == [] and len(fake_server.requests) == 10
     summary = json.loads(Path(f"{out}.summary.json").read_text())
-    assert summary["parse_failures"] == summary["responses"] == 100 == summary["rejected"]["unparseable"]
+    assert summary["parse_failures"] == summary["responses"] == 10 == summary["rejected"]["unparseable"]
+
+
+def test_answers_that_parse_but_give_nothing_new_stop_after_100(fake_server, tmp_path):
+    seed = load_seeds("builtin:en")[0]
+    block = f"{seed['instruction']}\n4. Input:\n{seed['input'] or '<noinput>'}\n4. Output:\n{seed['output']}"
+    fake_server.script = lambda body, number: block
+    out = tmp_path / "tasks.json"
+    done = run_cli("self-instruct", "-o", str(out), "--num", "5", "--concurrency", "4", env=cli_env(fake_server))
+    assert done.returncode == 3 and "gave no new record" in " ".join(done.stderr.split())
+    assert 100 <= len(fake_server.requests) <= 104
+
+
+def test_one_refused_request_is_recorded_and_the_run_goes_on(fake_server, tmp_path):
+    """A 404 (or 401) on one request among answered ones used to stop the run with no output at all."""
+    teacher = Teacher("en")
+    fake_server.script = lambda body, number: Reply(status=404) if number == 2 else teacher(body, number)
+    out = tmp_path / "tasks.json"
+    done = run_cli("self-instruct", "-o", str(out), "--num", "12", "--concurrency", "1", env=cli_env(fake_server))
+    assert done.returncode == 0, done.stderr
+    assert_clean_output(read_output(out), teacher, load_seeds("builtin:en"), 12)
+    (failed,) = [json.loads(line) for line in Path(f"{out}.failed.jsonl").read_text().splitlines()]
+    assert failed["source_request"] == 1 and "HTTP 404" in failed["error"]
+    assert json.loads(Path(f"{out}.summary.json").read_text())["failed_requests"] == 1
+
+
+def test_an_endpoint_that_refuses_every_request_is_one_clear_error(fake_server, tmp_path):
+    fake_server.script = lambda body, number: Reply(status=401, error="invalid key")
+    out = tmp_path / "tasks.json"
+    done = run_cli("self-instruct", "-o", str(out), "--num", "5", "--concurrency", "1", env=cli_env(fake_server))
+    assert done.returncode == 2 and "HTTP 401" in done.stderr and "Traceback" not in done.stderr
+    assert not out.exists()
 
 
 def test_an_endpoint_that_keeps_failing_stops_with_exit_3(fake_server, tmp_path):
@@ -366,7 +401,6 @@ def test_an_endpoint_that_keeps_failing_stops_with_exit_3(fake_server, tmp_path)
         (["--seeds", "{no_output}"], "no_output.jsonl:2: seed task needs a non-empty string 'output'"),
         (["--seeds", "{bad_instances}"], "bad_instances.jsonl:1: 'instances' must be a non-empty list of objects"),
         (["--seeds", "builtin:en", "--template", "missing.txt"], "missing.txt: no such file"),
-        (["--seeds", "builtin:en", "--template", "{no_slot}"], "has no {examples} slot"),
         (["--seeds", "builtin:en", "--template", "{examples_only}", "--constraint", "Be kind."],
          "has no {requirements} slot"),
     ],
@@ -378,7 +412,6 @@ def test_bad_seeds_and_templates_exit_2_without_output(fake_server, tmp_path, ex
         "no_output": ("no_output.jsonl", '{"instruction": "a", "instances": [{"input": "", "output": "b"}]}\n'
                                          '{"instruction": "c", "instances": [{"input": "", "output": ""}]}\n'),
         "bad_instances": ("bad_instances.jsonl", '{"instruction": "a", "instances": {"input": "", "output": "b"}}\n'),
-        "no_slot": ("no_slot.txt", "Write {num_tasks} tasks.\n{requirements}\n"),
         "examples_only": ("examples_only.txt", "Write tasks.\n{examples}"),
     }
     for key, (name, content) in files.items():
@@ -508,6 +541,154 @@ def test_parser_reads_chinese_labels_and_counts_prose_as_a_failure():
     assert parsed.tasks == [{"instruction": "写一首关于秋天的诗", "input": "", "output": "秋风起兮白云飞。"}]
     assert parsed.failures == []
     assert parse_response("Sorry, I can't do that.", "stop").failures == ["Sorry, I can't do that."]
+
+
+def block(number: int, instruction: str, task_input: str = "<noinput>", output: str = "Done.",
+          label: str = "Instruction:") -> str:
+    return f"{number}. {label} {instruction}\n{number}. Input:\n{task_input}\n{number}. Output:\n{output}"
+
+
+@pytest.mark.parametrize("odd_label", ["Instruction 5:", "5. Task:", "5. Instruction -"])
+def test_an_unrecognised_label_costs_its_own_task_only(odd_label):
+    answer = "\n###\n".join([
+        " Name a primary color.\n4. Input:\n<noinput>\n4. Output:\nRed",
+        f"{odd_label} Spell the word backwards.\n5. Input:\nlevel\n5. Output:\nlevel",
+        block(6, "Give an antonym for cold.", output="Hot"),
+    ])
+    parsed = parse_response(answer, "stop")
+    assert parsed.tasks == [{"instruction": "Name a primary color.", "input": "", "output": "Red"},
+                            {"instruction": "Give an antonym for cold.", "input": "", "output": "Hot"}]
+    assert len(parsed.failures) == 1 and "Spell the word backwards." in parsed.failures[0]
+
+
+def test_a_label_with_a_no_break_space_is_a_label():
+    answer = block(4, "Name a primary color.", output="Red") + "\n###\n" + block(5, "Name a planet.", output="Mars")
+    parsed = parse_response(answer.replace("5. Instruction", "5.\u00a0Instruction"), "stop")
+    assert [task["output"] for task in parsed.tasks] == ["Red", "Mars"] and parsed.failures == []
+
+
+def test_numbered_lines_inside_an_answer_are_not_labels():
+    output = "Steps:\n1. Input: the raw data\n2. Output: a cleaned table\n3. Instruction: none"
+    listed = "Items:\n1. Output: pens\n2. Input: paper"
+    answer = block(4, "Describe a data pipeline in three steps.", task_input=listed, output=output) + "\n###\n" + \
+        block(5, "Name a planet.", output="Mars")
+    parsed = parse_response(answer, "stop")
+    assert parsed.tasks == [
+        {"instruction": "Describe a data pipeline in three steps.", "input": listed, "output": output},
+        {"instruction": "Name a planet.", "input": "", "output": "Mars"},
+    ]
+
+
+def test_windows_line_endings_are_normalised():
+    answer = (block(4, "Name a primary color.", output="Red") + "\n###\n" + block(5, "Name a planet.", output="Mars")
+              + "\n###\n").replace("\n", "\r\n")
+    parsed = parse_response(answer, "stop")
+    assert [task["output"] for task in parsed.tasks] == ["Red", "Mars"] and parsed.failures == []
+    assert not any("\r" in value for task in parsed.tasks for value in task.values())
+
+
+@pytest.mark.parametrize("tail", ["\n###\n", "\n###", "\n###\n6. Instru", "\n###\n6. Instruction: Explain why the"])
+def test_an_answer_cut_at_the_next_task_keeps_every_complete_one(tail):
+    answer = block(4, "Name a primary color.", output="Red") + "\n###\n" + block(5, "Name a planet.", output="Mars")
+    parsed = parse_response(answer + tail, "length")
+    assert [task["output"] for task in parsed.tasks] == ["Red", "Mars"] and parsed.failures == []
+
+
+def test_alpaca_opening_rules_and_word_boundaries(tmp_path):
+    steps = build_filters(SelfInstructOptions(output=tmp_path / "o.json"), RougeIndex(0.7))
+    blocklist, opening = steps[1], steps[3]
+    assert opening.keep({"instruction": "Write a program that sorts a list of numbers."}) == (False, "write_a_program")
+    assert opening.keep({"instruction": "🎉 Plan a surprise party for a friend."}) == (False, "non_ascii_start")
+    assert opening.keep({"instruction": "Write a poem about the sea at night."}) is True
+    assert blocklist.keep({"instruction": "Rename the variable file_name to something clearer."}) is True
+    assert blocklist.keep({"instruction": "Explain what save_files_to_disk does in this code."}) is True
+    assert blocklist.keep({"instruction": "Open the file and count its lines."}) == (False, "blocklisted")
+    chinese = build_filters(SelfInstructOptions(output=tmp_path / "o.json", lang="zh"), RougeIndex(0.7))[3]
+    assert chinese.keep({"instruction": "请写一首关于秋天的诗。"}) is True
+
+
+def alpaca_seed_tasks() -> list[dict]:
+    if not EN_SEEDS.exists():
+        pytest.skip(f"anchor {EN_SEEDS} is absent")
+    return load_seeds(str(EN_SEEDS))
+
+
+def test_language_check_keeps_every_alpaca_seed_and_llamafactory_demo_record():
+    """6 of Alpaca's 175 seeds and 14 of LLaMA-Factory's 999 English demo records used to be dropped:
+    translations, "Convert ... Celsius to Fahrenheit" (read as German), lists of names, a FEN string."""
+    demo_path = ANCHORS / "llamafactory_alpaca_en_demo.json"
+    if not demo_path.exists():
+        pytest.skip(f"anchor {demo_path} is absent")
+    demo = json.loads(demo_path.read_text(encoding="utf-8"))
+    check = LanguageFilter("en", check_output=True).keep
+    for task in [*alpaca_seed_tasks(), *demo]:
+        assert check(dict(task)) is True, task
+
+
+@pytest.mark.parametrize(
+    ("instruction", "output", "lang", "wrong"),
+    [
+        ("Décrivez les avantages du télétravail pour les familles.", "Moins de trajets.", "en", "instruction"),
+        ("Erkläre, warum der Himmel am Abend rot wird.", "Wegen der Streuung.", "en", "instruction"),
+        ("Nenne drei Gruende, warum Sport gesund ist.", "Herz, Kopf, Schlaf.", "en", "instruction"),
+        ("Explica por qué es importante dormir bien cada noche.", "Descansa.", "en", "instruction"),
+        ("请解释一下光合作用的过程。", "Plants turn light into sugar.", "en", "instruction"),
+        ("Convert the temperature from Celsius to Fahrenheit.", "Multiply by 9/5 and add 32.", "zh", "instruction"),
+        ("Describe the weather in Paris in spring.",
+         "Au printemps, il fait doux à Paris et les arbres fleurissent le long de la Seine.", "en", "output"),
+        ("请概括经济与学校在城市中的作用。", "This answer is written entirely in English words.", "zh", "output"),
+    ],
+)
+def test_language_check_still_drops_other_languages(instruction, output, lang, wrong):
+    record = {"instruction": instruction, "input": "", "output": output}
+    assert LanguageFilter(lang, check_output=True).keep(record) == (False, "wrong_language")
+    assert record["detail"].startswith(f"not {lang}: {wrong}")
+
+
+def test_built_in_seeds_pass_the_language_check_of_their_language():
+    """Checked here once, so that a run never spends time detecting the built-in seeds' language."""
+    for name, lang in (("en", "en"), ("zh", "zh"), ("sql", "en")):
+        check = LanguageFilter(lang, check_output=name != "sql").keep
+        seeds = load_seeds(f"builtin:{name}")
+        pool = examples_pool(seeds, lang, 3)
+        assert all(check(dict(seed)) is True for seed in pool), name
+
+
+def test_alpaca_prompt_txt_works_as_template(fake_server, tmp_path):
+    """Alpaca's prompt.txt has no {examples} slot: its examples follow the text."""
+    template = ANCHORS / "alpaca_prompt.txt"
+    if not template.exists():
+        pytest.skip(f"anchor {template} is absent")
+    teacher = Teacher("en")
+    fake_server.script = teacher
+    out = tmp_path / "tasks.json"
+    done = run_cli("self-instruct", "--template", str(template), "--seeds", str(EN_SEEDS), "--num", "5",
+                   "-o", str(out), "--concurrency", "1", env=cli_env(fake_server))
+    assert done.returncode == 0, done.stderr
+    assert len(read_output(out)) == 5
+    prompt = user_text(fake_server.requests[0])
+    assert prompt.startswith(template.read_text(encoding="utf-8").rstrip() + "\n###\n1. Instruction: ")
+    assert prompt.endswith("###\n4. Instruction:")
+
+
+def test_no_language_detection_before_the_first_request_or_on_a_finished_rerun(fake_server, tmp_path, monkeypatch):
+    """Detecting the built-in seeds' language took about 23 s before the first request, and a finished run
+    re-run spent 10 CPU s again sending nothing."""
+    monkeypatch.setenv("OPENAI_BASE_URL", fake_server.base_url)
+    detections = []
+    real = self_instruct.is_language
+    monkeypatch.setattr(self_instruct, "is_language", lambda *args: detections.append(args) or real(*args))
+    teacher = Teacher("en")
+    seen_at_request = []
+    fake_server.script = lambda body, number: seen_at_request.append(len(detections)) or teacher(body, number)
+    options = SelfInstructOptions(output=tmp_path / "t.json", num=8, seeds="builtin:sql",
+                                  endpoint=EndpointOptions(model="fake", concurrency=1))
+    assert generate(options, progress=False).written == 8
+    assert seen_at_request[0] == 0 and detections, "answers are checked, seeds are not"
+    monkeypatch.setattr(self_instruct, "is_language", lambda *args: pytest.fail("a finished run detects languages"))
+    sent = len(fake_server.requests)
+    rerun = generate(options, progress=False)
+    assert rerun.written == 8 and rerun.exit_code == 0 and len(fake_server.requests) == sent
 
 
 def test_blocklist_matches_whole_words_in_any_case():

@@ -75,20 +75,49 @@ LENGTH_DEFAULTS = {"words": (4, 150), "characters": (6, 300)}  # Alpaca drops <=
 _SHORT_LETTERS = 20
 _STALL_LIMIT = 100  # answers in a row without one accepted record: the run cannot progress
 _MIN_FAILURE_LIMIT = 10
+_FORMAT_PROBE = 10  # this many answers, none parseable and nothing accepted: the model ignores the format
 _TOP_SIMILAR = 10
 _TEMPLATES = resources.files("distillery") / "data" / "templates"
 _SEEDS = resources.files("distillery") / "data" / "seeds"
+_SPACE = r"[^\S\n]"  # any space but a line break, the no-break space included
 _LABEL = re.compile(
-    r"^[ \t>*#]*(\d+)[ \t]*[.．、)）][ \t*]*(instruction|input|output|指令|输入|输出)[ \t*]*[:：][ \t*]*",
+    rf"^(?:{_SPACE}|[>*#])*(\d+){_SPACE}*[.．、)）](?:{_SPACE}|\*)*(instruction|input|output|指令|输入|输出)"
+    rf"(?:{_SPACE}|\*)*[:：](?:{_SPACE}|\*)*",
     re.I | re.M,
 )
 _KINDS = {"instruction": "instruction", "input": "input", "output": "output",
           "指令": "instruction", "输入": "input", "输出": "output"}
 _BLOCK = ("instruction", "input", "output")
-_SEPARATOR_LINES = re.compile(r"^[ \t]*#{3,}[ \t]*$", re.M)
+# A line of ###, or ### opening the line of a numbered instruction label: the boundary between two tasks.
+_SEPARATOR = re.compile(
+    rf"^{_SPACE}*#{{3,}}{_SPACE}*(?:$|(?=\**\d+{_SPACE}*[.．、)）](?:{_SPACE}|\*)*(?:instruction|指令)))", re.I | re.M
+)
 _NO_INPUT = re.compile(r"^[<《（(]?\s*(no\s*-?\s*input|无输入)\s*[>》）)]?$", re.I)
 _HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 _REQUIREMENT_NUMBER = re.compile(r"^\s*(\d+)\s*[.．、]", re.M)
+_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
+_CODE = re.compile(r"```.*?(?:```|$)|`[^`\n]+`", re.S)
+_SYMBOLIC = re.compile(r"[\d_/\\=<>{}\[\]|@#$%^&*+~]")
+_PUNCTUATION = string.punctuation + "“”‘’«»…–—"
+_EN_FUNCTION_WORDS = frozenset(
+    "a an the to of and or for from with into onto about by in on at as is are was were be been it its this that "
+    "these those what which who whom whose how why when where your you their there than then should would can "
+    "could will does do did has have not given following each every some any".split()
+)
+_LANGUAGE_CODES = {
+    "english": "en", "french": "fr", "spanish": "es", "german": "de", "italian": "it", "portuguese": "pt",
+    "dutch": "nl", "russian": "ru", "chinese": "zh", "mandarin": "zh", "cantonese": "zh", "japanese": "ja",
+    "korean": "ko", "arabic": "ar", "hindi": "hi", "turkish": "tr", "persian": "fa", "greek": "el",
+    "latin": "la", "hebrew": "he", "swedish": "sv", "polish": "pl", "vietnamese": "vi", "thai": "th",
+    "indonesian": "id", "swahili": "sw", "中文": "zh", "汉语": "zh", "英文": "en", "英语": "en",
+    "日语": "ja", "日文": "ja", "法语": "fr", "德语": "de", "韩语": "ko", "俄语": "ru", "西班牙语": "es",
+}
+_ASKS_FOR_LANGUAGE = re.compile(
+    r"\b(?:translat\w*|(?:another|other|foreign|target|different|second) languages?|dialects?|"
+    + "|".join(name for name in _LANGUAGE_CODES if name.isascii()) + r")\b|翻译|译成|译为|"
+    + "|".join(name for name in _LANGUAGE_CODES if not name.isascii()),
+    re.I,
+)
 
 
 @dataclass(frozen=True)
@@ -184,6 +213,8 @@ class SelfInstructResult:
     rejected_path: Path | None
     stopped: str | None = None
     budget: bool = False
+    failed: int = 0
+    failed_path: Path | None = None
 
     @property
     def exit_code(self) -> int:
@@ -230,7 +261,8 @@ def _read_seeds(path: Path) -> list[Record]:
 
 @dataclass(frozen=True)
 class PromptTemplate:
-    """A prompt file with slots: {examples} (required), {requirements} and {num_tasks}."""
+    """A prompt file with slots {examples}, {requirements} and {num_tasks}, all optional: without an
+    {examples} slot the examples follow the text, as Alpaca's own prompt.txt is used."""
 
     text: str
     source: str
@@ -244,7 +276,7 @@ class PromptTemplate:
             name = f"self_instruct_{options.lang}.txt"
             text, source = (_TEMPLATES / name).read_text(encoding="utf-8"), f"built-in {name}"
         if "{examples}" not in text:
-            raise UserError(f"{source}: the template has no {{examples}} slot, where the seed tasks go")
+            text = text.rstrip() + "\n{examples}"  # Alpaca's prompt.txt: the examples follow the text
         if _requirements(options) and "{requirements}" not in text:
             raise UserError(f"{source}: the template has no {{requirements}} slot for --constraint / "
                             "--task-type text-to-sql requirements")
@@ -294,45 +326,64 @@ class ParsedResponse:
     failures: list[str]
 
 
-def _clean(text: str) -> str:
-    return _SEPARATOR_LINES.sub("", text).strip()
-
-
 def parse_response(text: str, finish_reason: str | None) -> ParsedResponse:
     """Numbered blocks from an answer that continues the list.
 
-    The first `N. Instruction:` may or may not be repeated; colons may be full-width; numbers need not run
-    on. A trailing partial block is ignored, and the last block is dropped when the answer was cut off.
+    `###` is a hard boundary: each chunk between two is one task, so a block the parser cannot read costs
+    that task alone. The first chunk continues the prompt's open `N. Instruction:`, which may or may not be
+    repeated; colons may be full-width; numbers need not run on. Within a chunk the first `N. Input:` and
+    then `N. Output:` with the instruction's number are the labels, and everything after `Output:` is the
+    output, so a numbered list inside an answer stays in it. A cut-off answer loses its last chunk only;
+    a trailing partial block of a finished answer is ignored.
     """
-    matches = list(_LABEL.finditer(text))
-    fields: list[tuple[str, str]] = []
-    head = _clean(text[: matches[0].start()] if matches else text)
-    if head:
-        fields.append(("instruction", head))
-    for position, match in enumerate(matches):
-        end = matches[position + 1].start() if position + 1 < len(matches) else len(text)
-        fields.append((_KINDS[match.group(2).lower()], _clean(text[match.end(): end])))
-    blocks: list[list[tuple[str, str]]] = []
-    for kind, content in fields:
-        if kind == "instruction" or not blocks:
-            blocks.append([])
-        blocks[-1].append((kind, content))
+    chunks = _SEPARATOR.split(text.replace("\r\n", "\n").replace("\r", "\n"))
     truncated = None
-    if finish_reason == "length" and blocks:
-        cut = dict(blocks.pop())
-        truncated = {name: cut.get(name, "") for name in _BLOCK} if cut.get("instruction") else None
+    if finish_reason == "length":
+        cut = _read_chunk(chunks.pop(), first=len(chunks) == 0)
+        if isinstance(cut, dict) and cut.get("instruction"):
+            truncated = {name: cut.get(name, "") for name in _BLOCK}
     tasks, failures = [], []
-    for position, block in enumerate(blocks):
-        kinds = tuple(kind for kind, _ in block)
-        if kinds == _BLOCK:
-            task = dict(block)
-            task["input"] = "" if _NO_INPUT.match(task["input"]) else task["input"]
-            tasks.append(task)
-        elif position < len(blocks) - 1 or kinds != _BLOCK[: len(kinds)]:
-            failures.append("\n".join(f"{kind}: {content}" for kind, content in block))
+    for position, chunk in enumerate(chunks):
+        if not chunk.strip():
+            continue
+        block = _read_chunk(chunk, first=position == 0)
+        if isinstance(block, dict) and len(block) == len(_BLOCK):
+            block["input"] = "" if _NO_INPUT.match(block["input"]) else block["input"]
+            tasks.append(block)
+        elif position < len(chunks) - 1 or not isinstance(block, dict):
+            described = block if isinstance(block, str) else "\n".join(f"{k}: {v}" for k, v in block.items())
+            failures.append(described)
     if not tasks and not failures and truncated is None:
         failures.append(text)
     return ParsedResponse(tasks, truncated, failures)
+
+
+def _read_chunk(chunk: str, first: bool) -> dict[str, str] | str:
+    """The labelled fields of one chunk, in order (a prefix of instruction, input, output where the chunk
+    stops early), or the chunk itself where its fields are out of order or missing."""
+    labels: dict[str, re.Match[str]] = {}
+    for match in _LABEL.finditer(chunk):
+        kind, number = _KINDS[match.group(2).lower()], match.group(1)
+        if kind == "instruction" and "input" not in labels:
+            labels["instruction"] = match  # a repeated label: the last one before the input holds the text
+        elif kind == "input" and "input" not in labels and number == labels.get("instruction", match).group(1):
+            labels["input"] = match
+        elif kind == "output" and "input" in labels and number == labels["input"].group(1):
+            labels["output"] = match
+            break
+    if "instruction" not in labels and not first:
+        return chunk.strip()
+    ordered = [labels[kind] for kind in _BLOCK if kind in labels]
+    fields: dict[str, str] = {}
+    if "instruction" not in labels:
+        end = ordered[0].start() if ordered else len(chunk)
+        fields["instruction"] = chunk[:end].strip()
+    for position, match in enumerate(ordered):
+        end = ordered[position + 1].start() if position + 1 < len(ordered) else len(chunk)
+        fields[_KINDS[match.group(2).lower()]] = chunk[match.end(): end].strip()
+    if not fields["instruction"] and len(fields) == 1:
+        return {}
+    return fields
 
 
 # Filters
@@ -357,14 +408,15 @@ class LengthFilter(Filter):
 
 
 class BlocklistFilter(Filter):
-    """Latin words match whole words, case-insensitively; other scripts (Chinese) match as substrings."""
+    """Latin words match whole words as Alpaca's `\\b` does (so `file_name` is no `file`), case-insensitively;
+    other scripts (Chinese) match as substrings."""
 
     name = "blocklist"
 
     def __init__(self, words: list[str]):
         super().__init__()
         latin = [re.escape(word) for word in words if word.isascii()]
-        self.pattern = re.compile(rf"(?<![a-z0-9])(?:{'|'.join(latin)})(?![a-z0-9])", re.I) if latin else None
+        self.pattern = re.compile(rf"(?<!\w)(?:{'|'.join(latin)})(?!\w)", re.I) if latin else None
         self.substrings = [word.casefold() for word in words if not word.isascii()]
 
     def keep(self, record: Record) -> bool | tuple[bool, str]:
@@ -385,6 +437,26 @@ class PunctuationFilter(Filter):
         return True
 
 
+class OpeningFilter(Filter):
+    """Alpaca's other two rules on how an instruction starts. "Write a program" asks for something a text
+    model tends to answer with prose instead, and Alpaca saw models add it to everything; and an English
+    instruction starts with an ASCII character (so not with an emoji)."""
+
+    name = "opening"
+
+    def __init__(self, lang: str):
+        super().__init__()
+        self.ascii_start = lang == "en"
+
+    def keep(self, record: Record) -> bool | tuple[bool, str]:
+        text = record["instruction"]
+        if text.lower().startswith("write a program"):
+            return False, "write_a_program"
+        if self.ascii_start and not text[:1].isascii():
+            return False, "non_ascii_start"
+        return True
+
+
 class OutputFilter(Filter):
     name = "output"
 
@@ -393,33 +465,97 @@ class OutputFilter(Filter):
 
 
 def language_matches(text: str, lang: str) -> bool:
-    """Whether `text` may be kept as `lang` (detected offline by lingua).
+    """Whether `text` may be kept as `lang` (detected offline, see `distillery.langid`).
 
     Text with no letters (numbers, formulas) carries no language and passes; Chinese needs a Han character.
     Plain-ASCII text with fewer than 20 letters passes for English without detection, because short answers
-    such as "Yes", "Paris" or "3 ft = 36 in." are English far more often than lingua can tell; longer text
-    passes when `lang` is lingua's top guess or a close runner-up (see `langid.is_language`).
+    such as "Yes", "Paris" or "3 ft = 36 in." are English far more often than a detector can tell; longer text
+    passes when `lang` is the detector's top guess or a close runner-up (see `langid.is_language`).
     """
     letters = sum(ch.isalpha() for ch in text)
     if not letters:
         return True
     if lang == "zh" and not _HAN.search(text):
-        return False  # cannot be Chinese; deciding it here also spares lingua loading its Latin models
+        return False  # cannot be Chinese; deciding it here also spares the detector
     if lang == "en" and text.isascii() and letters < _SHORT_LETTERS:
         return True
     return is_language(text, lang)
 
 
+def without_names(text: str, keep_sentence_starts: bool) -> str:
+    """`text` less code, capitalised words and tokens with digits or symbols, which carry no language.
+
+    Names are what detectors trip on: "Convert Fahrenheit to Celsius" reads as German, a list of
+    countries or Italian dishes as anything but English, a FEN string or a snippet of code as noise.
+    Chinese tokens are kept whole, since Chinese is written without spaces. With `keep_sentence_starts`
+    the first word of each sentence stays (in an instruction it is usually the verb, which says a lot).
+    """
+    kept = []
+    sentence_start = True
+    for token in _CODE.sub(" ", text).split():
+        core = token.strip(_PUNCTUATION)
+        starts = sentence_start
+        sentence_start = token.endswith((".", "!", "?", ":"))
+        if _CJK.search(token):
+            kept.append(token)
+        elif not core or _SYMBOLIC.search(core) or (core[0].isupper() and not (starts and keep_sentence_starts)):
+            continue
+        else:
+            kept.append(token)
+    return " ".join(kept)
+
+
+def _english_by_function_words(text: str) -> bool:
+    """ASCII text built on English function words ("the", "to", "from"...), which a detector misled by names
+    may miss but which French, German or Spanish sentences do not share."""
+    words = re.findall(r"[a-z']+", text.lower())
+    found = {word for word in words if word in _EN_FUNCTION_WORDS}
+    return text.isascii() and len(found) >= 2 and 3 * sum(word in found for word in words) >= len(words)
+
+
+def asks_for_other_language(text: str, lang: str) -> bool:
+    """Whether a task asks for text in a language other than `lang` (translation, "the Spanish equivalent",
+    "into another language"), whose output is then rightly not in `lang`."""
+    return any(_LANGUAGE_CODES.get(match.group(0).lower()) != lang for match in _ASKS_FOR_LANGUAGE.finditer(text))
+
+
+def instruction_language_ok(instruction: str, lang: str) -> bool:
+    """The target language is what the instruction is written in; names in it must not decide that."""
+    if language_matches(instruction, lang):
+        return True
+    plain = without_names(instruction, keep_sentence_starts=True)
+    if plain == instruction.strip() or not plain or (lang not in CHARACTER_LANGS and _CJK.search(instruction)):
+        return False  # no names to discount, or written in Chinese, Japanese or Korean
+    if lang == "en" and _english_by_function_words(plain):
+        return True
+    return sum(ch.isalpha() for ch in plain) >= _SHORT_LETTERS and is_language(plain, lang)
+
+
+def output_language_ok(task: Record, lang: str) -> bool:
+    """An output is checked only where it has enough prose (names, code and symbols aside) to say something,
+    and only when the task does not ask for another language."""
+    if asks_for_other_language(f"{task['instruction']}\n{task.get('input', '')}", lang):
+        return True
+    prose = without_names(task["output"], keep_sentence_starts=False)
+    if lang in CHARACTER_LANGS:
+        return language_matches(prose, lang)
+    return sum(ch.isalpha() for ch in prose) < _SHORT_LETTERS or language_matches(prose, lang)
+
+
 class LanguageFilter(Filter):
+    """The instruction must be in the target language; the output too, when it says enough (see above)."""
+
     name = "language"
 
-    def __init__(self, lang: str, fields: tuple[str, ...]):
+    def __init__(self, lang: str, check_output: bool):
         super().__init__()
         self.lang = lang
-        self.fields = fields
+        self.check_output = check_output
 
     def keep(self, record: Record) -> bool | tuple[bool, str]:
-        wrong = [name for name in self.fields if not language_matches(record[name], self.lang)]
+        wrong = [] if instruction_language_ok(record["instruction"], self.lang) else ["instruction"]
+        if self.check_output and not output_language_ok(record, self.lang):
+            wrong.append("output")
         if wrong:
             record["detail"] = f"not {self.lang}: {', '.join(wrong)}"
             return False, "wrong_language"
@@ -465,8 +601,9 @@ def build_filters(options: SelfInstructOptions, index: RougeIndex) -> list[Step]
         LengthFilter(options.length_bounds, options.unit),
         BlocklistFilter(options.blocklist),
         PunctuationFilter(),
+        OpeningFilter(options.lang),
         OutputFilter(),
-        LanguageFilter(options.lang, ("instruction",) if sql else ("instruction", "output")),
+        LanguageFilter(options.lang, check_output=not sql),
     ]
     if sql:
         steps.append(SqlFilter())
@@ -474,16 +611,20 @@ def build_filters(options: SelfInstructOptions, index: RougeIndex) -> list[Step]
     return steps
 
 
-STAGES = ("parse", "length", "blocklist", "punctuation", "output", "language", "sql", "dedup")
+STAGES = ("parse", "length", "blocklist", "punctuation", "opening", "output", "language", "sql", "dedup")
 
 
 # The run
 
 
 def examples_pool(seeds: list[Record], lang: str, per_prompt: int) -> list[Record]:
-    """The seeds shown in prompts: those in the target language when there are enough of them to vary
-    (a mixed set such as builtin:sql would otherwise invite the other language); else all of them."""
-    matching = [seed for seed in seeds if language_matches(seed["instruction"], lang)]
+    """The seeds shown in prompts: those written in the target language's script when there are enough of
+    them to vary (a mixed set such as builtin:sql would otherwise invite the other language); else all.
+
+    The script decides, not a language detector: it costs nothing, so a run pays for no detection before
+    its first request (the built-in sets' languages are checked by the tests instead).
+    """
+    matching = [seed for seed in seeds if bool(_CJK.search(seed["instruction"])) == (lang in CHARACTER_LANGS)]
     return matching if len(matching) >= 2 * per_prompt else seeds
 
 
@@ -529,6 +670,9 @@ class _Run:
         self.changed = asyncio.Event()
         self.stopped: str | None = None
         self.failures_in_a_row = 0
+        self.failed: list[Record] = []
+        self.answered = False
+        self.parsed_any = any(entry["parsed"] for entry in self.processed_log)
         self.failure_limit = max(_MIN_FAILURE_LIMIT, 2 * llm.options.concurrency)
         self.dry_in_a_row = 0
         self.progress: RunProgress | None = None
@@ -591,17 +735,29 @@ class _Run:
 
     async def handle(self, number: int, messages: list[dict[str, str]]) -> None:
         params = {} if self.seed is None else {"seed": self.seed + number}
-        result = await self.llm.chat(ChatRequest(messages, sample=number, params=params))
+        try:
+            result = await self.llm.chat(ChatRequest(messages, sample=number, params=params))
+        except UserError as exc:
+            if not self.answered:
+                raise  # the endpoint refuses every request so far (key, model or URL): nothing to go on with
+            result = ChatResult(None, error=str(exc))
         if len(self.accepted) >= self.options.num:
             return  # answered after the target was met: cached, and used by a later run with a larger --num
         if not result.ok:
+            self.failed.append({"source_request": number, "error": result.error})
             self.failures_in_a_row += 1
             if self.failures_in_a_row >= self.failure_limit:
                 self.stopped = f"{self.failures_in_a_row} requests in a row failed (last: {result.error})"
             return
+        self.answered = True
         self.failures_in_a_row = 0
         added = self.process(number, result)
         self.dry_in_a_row = 0 if added else self.dry_in_a_row + 1
+        if not (self.parsed_any or self.accepted or self.finished) and self.answers >= _FORMAT_PROBE:
+            self.stopped = (f"none of the first {self.answers} answers could be parsed: the model does not follow "
+                            f"the numbered {self.options.labels.instruction} / {self.options.labels.input} / "
+                            f"{self.options.labels.output} format (see the rejected file for what it wrote)")
+            return
         if self.dry_in_a_row >= _STALL_LIMIT and not self.finished:
             self.stopped = (f"{_STALL_LIMIT} answers in a row gave no new record; the model may not follow the "
                             f"format, or the filters and --rouge-threshold leave nothing new (see the rejected file)")
@@ -638,6 +794,7 @@ class _Run:
                 "unused": len(tasks) - accepted - filtered, "parse_failures": len(parsed.failures),
             })
         self.answers += 1
+        self.parsed_any = self.parsed_any or bool(tasks)
         if self.progress is not None:
             self.progress.advance(accepted)
         return accepted
@@ -679,6 +836,7 @@ async def _generate(
                 rejected=list(run.rejected_log),
                 processed=list(run.processed_log),
                 stopped=run.stopped,
+                failed=run.failed,
             )
 
 
@@ -737,6 +895,12 @@ def _write_outputs(
     records = (_with_meta(accepted, seeds, options.rouge_threshold) if options.with_meta
                else (_plain(record) for record in accepted))
     written = write_records(options.output, records)
+    failed: list[Record] = outcome["failed"]
+    failed_path = sidecar(options.output, ".failed.jsonl")
+    if failed:
+        write_records(failed_path, failed, layout="jsonl")
+    else:
+        failed_path.unlink(missing_ok=True)
     rejected_path = sidecar(options.output, ".rejected.jsonl")
     if rejected:
         write_records(rejected_path, rejected, layout="jsonl")
@@ -759,10 +923,11 @@ def _write_outputs(
         "responses": len(processed),
         "parsed": sum(entry["parsed"] for entry in processed),
         "parse_failures": sum(entry["parse_failures"] for entry in processed),
+        "failed_requests": len(failed),
         "unused": sum(entry["unused"] for entry in processed),
         "rejected": dict(reasons.most_common()),
         "stages": _stages(rejected, len(outcome["accepted"])),
         "requests": stats.as_dict(),
     })
     return SelfInstructResult(written, len(rejected), stats, summary_path, rejected_path if rejected else None,
-                              stopped, budget is not None)
+                              stopped, budget is not None, len(failed), failed_path if failed else None)

@@ -506,8 +506,9 @@ def without_names(text: str, keep_sentence_starts: bool) -> str:
 
 
 def _english_by_function_words(text: str) -> bool:
-    """ASCII text built on English function words ("the", "to", "from"...), which a detector misled by names
-    may miss but which French, German or Spanish sentences do not share."""
+    """ASCII text built on English function words ("the", "to", "from"...): at least two different ones,
+    making up a third of its words, which French, German or Spanish sentences do not reach. A detector
+    misled by the names in an instruction may miss what these words say."""
     words = re.findall(r"[a-z']+", text.lower())
     found = {word for word in words if word in _EN_FUNCTION_WORDS}
     return text.isascii() and len(found) >= 2 and 3 * sum(word in found for word in words) >= len(words)

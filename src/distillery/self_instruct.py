@@ -741,7 +741,10 @@ class _Run:
         except UserError as exc:
             if not self.answered:
                 raise  # the endpoint refuses every request so far (key, model or URL): nothing to go on with
-            result = ChatResult(None, error=str(exc))
+            if self.stopped is None:  # the client sends nothing more after a refusal: keep what was made
+                self.failed.append({"source_request": number, "error": str(exc)})
+                self.stopped = str(exc)
+            return
         if len(self.accepted) >= self.options.num:
             return  # answered after the target was met: cached, and used by a later run with a larger --num
         if not result.ok:

@@ -181,7 +181,7 @@ def test_fastchat_dummy_conversations_come_through_unchanged(tmp_path):
     source = ANCHORS / "fastchat_dummy_conversation.json"
     original = json.loads(source.read_text(encoding="utf-8"))
     out = tmp_path / "dummy.json"
-    report = clean(source, out, CleanOptions(workers=1))
+    report = clean(source, out, CleanOptions(workers=1, openai_filter=False))
     kept, rejected = read_any(out), read_any(Path(report.rejected))
     assert len(kept) == 334 and len(rejected) == 166
     assert {(r["stage"], r["reason"]) for r in rejected} == {("dedup", "duplicate_first_round")}
@@ -199,7 +199,8 @@ def test_fastchat_dummy_conversations_come_through_unchanged(tmp_path):
 
 def test_language_detection_can_be_left_out(tmp_path):
     out = tmp_path / "nolang.jsonl"
-    report = clean(ANCHORS / "fastchat_dummy_conversation.json", out, CleanOptions(detect_lang=False))
+    report = clean(ANCHORS / "fastchat_dummy_conversation.json", out,
+                   CleanOptions(detect_lang=False, openai_filter=False))
     kept = read_any(out)
     assert len(kept) == 334 and not any("lang" in r for r in kept)
     assert "language" not in [s["stage"] for s in report.stages]
@@ -377,15 +378,21 @@ def test_special_tokens_neutralized_including_the_tokenizers_own():
     assert stage.notes["records_changed"] == 1
 
 
-def test_workers_leave_short_conversations_to_the_parent_for_language():
+def test_with_lingua_workers_leave_short_conversations_to_the_parent_for_language():
     """Short samples need lingua's high-accuracy models (~1 GB each process): only the parent loads them."""
     long = conv("l", (HUMAN, "¿Cuál es la diferencia entre los verbos ser y estar en español? Dame ejemplos."),
                 (GPT, "Ser describe lo permanente y estar lo pasajero: soy alto, estoy cansado."), lang="en")
     short = conv("s", (HUMAN, "안녕하세요?"), (GPT, "안녕하세요! 무엇을 도와드릴까요?"), lang="en")
     for record in (long, short):
-        add_language(record, short_too=False)
+        add_language(record, short_too=False, detector="lingua")
     assert long["lang"] == "es" and "lang" not in short  # the input's own lang is not trusted
-    assert run_stage(Language(skip_langs=["ko"]), short) == (None, "language_skipped")
+    assert run_stage(Language(skip_langs=["ko"], detector="lingua"), short) == (None, "language_skipped")
+    assert short["lang"] == "ko"
+
+
+def test_with_the_default_detector_workers_decide_short_conversations_too():
+    short = conv("s", (HUMAN, "안녕하세요?"), (GPT, "안녕하세요! 무엇을 도와드릴까요?"), lang="en")
+    add_language(short, short_too=False)
     assert short["lang"] == "ko"
 
 

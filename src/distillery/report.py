@@ -343,6 +343,8 @@ def _reason_of(record: dict[str, Any]) -> str:
 def _read_rejected(path: Path) -> tuple[dict[str, Counter], dict[str, list[str]]]:
     by_stage: dict[str, Counter] = {}
     examples: dict[str, list[str]] = {}
+    if path.stat().st_size == 0:  # a run that rejected nothing, such as `clean` on clean data, leaves it empty
+        return by_stage, examples
     for _, record in iter_located(path):
         reason = _reason_of(record)
         by_stage.setdefault(_stage_of(record), Counter())[reason] += 1

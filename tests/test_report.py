@@ -338,3 +338,44 @@ def test_browser_renders_every_section(inputs: tuple[Path, Path], tmp_path: Path
     assert seen["no_rows"] == 0 and seen["status"].startswith("0 of 49 rows")
     assert seen["page_two"] == "49 of 49 rows · page 2 of 5"
     assert shot.stat().st_size > 50_000
+
+
+def test_report_and_clean_give_a_record_the_same_language(tmp_path: Path) -> None:
+    """One decision: clean's `lang` and the report's prompt language come from the same function on the
+    same text (markdown, code left out, replies filling in short prompts), for raw and cleaned files."""
+    from distillery.clean import CleanOptions, clean
+
+    code = "```python\nfor item in items:\n    print(item.name, item.price)\n```"
+    records = [
+        {"id": "de", "conversations": [
+            {"from": "human", "value": f"Warum?\n{code}"},
+            {"from": "gpt", "value": "<div><p>Die Schleife gibt für jedes Element den Namen und den Preis aus, "
+                                     "eine Zeile pro Element.</p></div>"}]},
+        {"id": "es", "conversations": [
+            {"from": "human", "value": f"¿Qué hace esto?\n{code}"},
+            {"from": "gpt", "value": "<p>Recorre la lista y muestra el nombre y el precio de cada artículo.</p>"}]},
+        {"id": "zh", "conversations": [
+            {"from": "human", "value": f"这段代码有什么问题？\n{code}"},
+            {"from": "gpt", "value": "<p>代码没有问题，它会逐行打印每个商品的名称和价格。</p>"}]},
+        {"id": "en", "conversations": [
+            {"from": "human", "value": "<p>Explain the <code>for</code> loop below.</p><pre><code>"
+                                       "for i in range(3): print(i)</code></pre>"},
+            {"from": "gpt", "value": "It prints the numbers zero, one and two, one per line."}]},
+    ]
+    raw = write_json(tmp_path / "raw.json", records)
+    cleaned = tmp_path / "clean.json"
+    clean(raw, cleaned, CleanOptions(workers=1, min_chars=0))
+    by_clean = {r["id"]: r["lang"] for r in json.loads(cleaned.read_text(encoding="utf-8"))}
+    assert by_clean == {"de": "de", "es": "es", "zh": "zh", "en": "en"}
+    for path in (raw, cleaned):
+        profile = collect(ReportOptions([path], output=tmp_path / "r.html"))[0]
+        by_report = {row.instruction: row.lang for row in profile.sample}
+        ids = {r["conversations"][0]["value"]: r["id"] for r in json.loads(path.read_text(encoding="utf-8"))}
+        assert {ids[text]: lang for text, lang in by_report.items()} == by_clean, path.name
+
+
+def test_empty_rejected_file_beside_the_input_means_nothing_was_rejected(tmp_path: Path) -> None:
+    data = write_json(tmp_path / "clean.json", [{"instruction": "Name a colour.", "input": "", "output": "Red."}])
+    (tmp_path / "clean.json.rejected.jsonl").write_text("", encoding="utf-8")
+    profile = collect(ReportOptions([data], output=tmp_path / "r.html"))[0]
+    assert profile.rejections is not None and profile.rejections.total == 0

@@ -2,9 +2,10 @@
 
 The per-record work (HTML to markdown, special tokens, structure, content filters, language detection,
 planning the split) runs in `workers` processes on chunks of records, consumed in input order through a
-bounded window, so memory stays flat whatever the input size. Reading, the language filter (and detection
-for the few conversations too short for lingua's low-accuracy mode, see `add_language`), the
-order-dependent dedup and writing happen in this process over the ordered stream.
+bounded window, so memory stays flat whatever the input size. Reading, the language filter (and, with
+`--lang-detector lingua`, detection for the few conversations too short for lingua's low-accuracy mode,
+see `add_language`), the order-dependent dedup and writing happen in this process over the ordered
+stream.
 Every stage is a pipeline Filter or Step, so each counts what came in, what went out and what was
 dropped for which reason, and every drop lands in the rejected file.
 
@@ -35,7 +36,14 @@ from distillery.dedup import ExactIndex, MinHashIndex, normalize
 from distillery.errors import InputError, UserError
 from distillery.html2md import clean_turn
 from distillery.io import iter_located, open_writer, sidecar, write_json
-from distillery.langid import LOW_ACCURACY_MIN_CHARS, detect_language, known_code
+from distillery.langid import (
+    DEFAULT_DETECTOR,
+    DETECTORS,
+    conversation_sample,
+    detect_language,
+    known_code,
+    needs_heavy_model,
+)
 from distillery.pipeline import Filter, Record, StageStats, Step, run_pipeline
 from distillery.tokens import TokenCounter
 
@@ -92,6 +100,10 @@ def parse_codes(values: Iterable[str]) -> tuple[str, ...]:
     return tuple(code.strip().lower() for value in values for code in value.split(",") if code.strip())
 
 
+# FastChat's `contain_blocked_words`: a conversation that names OpenAI or ChatGPT in any turn is mostly
+# about the assistant being ChatGPT, which a model trained on it would then claim to be.
+OPENAI_MENTIONS = tuple(BlockRule(ANY_ROLE, word, "openai_mention") for word in ("openai", "chatgpt"))
+
 DEFAULT_BLOCKS = (
     *(BlockRule(GPT, phrase, "refusal") for phrase in REFUSALS),
     *(BlockRule(GPT, phrase, "moralizing") for phrase in MORALIZING),
@@ -119,6 +131,7 @@ class CleanOptions:
     repeated_digits: bool = False
     restarted_lists: bool = True
     detect_lang: bool = True
+    lang_detector: str = DEFAULT_DETECTOR
     langs: tuple[str, ...] = ()
     skip_langs: tuple[str, ...] = ()
     exact_dedup: bool = True
@@ -129,6 +142,8 @@ class CleanOptions:
     template_tokens: int = 6
     long_round: str = "drop"
     neutralize_special: bool = True
+    openai_filter: bool = True
+    plugins_filter: bool = True
 
     def __post_init__(self) -> None:
         if self.on_bad_roles not in ("cut", "drop"):
@@ -145,8 +160,10 @@ class CleanOptions:
             raise UserError(f"--num-perm must be at least 16, got {self.num_perm}")
         if not self.detect_lang and (self.langs or self.skip_langs):
             raise UserError("--lang and --skip-lang need language detection; leave out --no-detect-lang")
+        if self.lang_detector not in DETECTORS:
+            raise UserError(f"--lang-detector must be one of {', '.join(DETECTORS)}, got {self.lang_detector!r}")
         for code in (*self.langs, *self.skip_langs):
-            if not known_code(code):
+            if not known_code(code, self.lang_detector):
                 raise UserError(f"unknown language code {code!r}; use ISO 639-1 codes such as en, zh, ko")
         for rule in self.blocks:
             if rule.role not in (HUMAN, GPT, ANY_ROLE) or not rule.phrase:
@@ -329,13 +346,21 @@ def phrase_pattern(phrases: Iterable[str]) -> re.Pattern[str]:
     return re.compile(regex(trie))
 
 
+def used_plugins(record: Record) -> bool:
+    """A share-page conversation held with ChatGPT plugins (a non-empty `plugins` list, or a `model` such as
+    "Plugins"): its answers lean on tool output the training data does not hold."""
+    model = record.get("model")
+    return bool(record.get("plugins")) or (isinstance(model, str) and "plugin" in model.lower())
+
+
 class Content(Stage):
-    """Blocked phrases per role, repeated-digit spam and restarted list numbering, each its own reason."""
+    """Blocked phrases per role, repeated-digit spam, restarted list numbering and ChatGPT-plugin
+    conversations, each its own reason."""
 
     name = "content"
 
     def __init__(self, blocks: Iterable[BlockRule] = DEFAULT_BLOCKS, repeated_digits: bool = False,
-                 restarted_lists: bool = True) -> None:
+                 restarted_lists: bool = True, plugins: bool = False) -> None:
         super().__init__()
         self.reasons: dict[str, dict[str, str]] = {HUMAN: {}, GPT: {}}
         for rule in blocks:
@@ -344,8 +369,11 @@ class Content(Stage):
         self.patterns = {role: phrase_pattern(found) for role, found in self.reasons.items() if found}
         self.repeated_digits = repeated_digits
         self.restarted_lists = restarted_lists
+        self.plugins = plugins
 
     def keep(self, record: Record) -> bool | tuple[bool, str]:
+        if self.plugins and used_plugins(record):
+            return False, "plugins"
         for turn in record["conversations"]:
             role, text = turn["from"], turn["value"]
             pattern = self.patterns.get(role)
@@ -359,35 +387,24 @@ class Content(Stage):
         return True
 
 
-_CODE = re.compile(r"```.*?(?:```|$)|`[^`\n]*`", re.DOTALL)
-_LANG_SAMPLE_CHARS = 250
-_ENOUGH_PROSE = 200
-_TURN_PEEK_CHARS = 2000
-
-
 def language_sample(record: Record) -> str:
-    """What the user writes, without code (which says nothing about the conversation's language); the
-    replies fill in when the user wrote too little. Long enough for lingua's low-accuracy mode in all but
-    short conversations, and no longer, as lingua's cost grows with the text."""
-    sample = ""
-    for role in (HUMAN, GPT):
-        for turn in record["conversations"]:
-            if turn["from"] == role and len(sample) < _ENOUGH_PROSE:
-                sample += " " + " ".join(_CODE.sub(" ", turn["value"][:_TURN_PEEK_CHARS]).split())
-    return sample.strip()[:_LANG_SAMPLE_CHARS]
+    """The text that decides the record's language (`langid.conversation_sample` of its turns)."""
+    turns = record["conversations"]
+    return conversation_sample((t["value"] for t in turns if t["from"] == HUMAN),
+                               (t["value"] for t in turns if t["from"] == GPT))
 
 
-def add_language(record: Record, short_too: bool = True) -> None:
+def add_language(record: Record, short_too: bool = True, detector: str = DEFAULT_DETECTOR) -> None:
     """Set `lang` (ISO 639-1, or null when the text has no language) from the record's language sample.
 
-    A sample of LOW_ACCURACY_MIN_CHARS or more goes to lingua's low-accuracy mode (~70 MB, 0.2 s to
-    load). A shorter one needs its high-accuracy models, about 1 GB and 5 s to load per process; so the
-    workers (`short_too=False`) leave such a record without `lang` and the parent's Language stage, one
-    process, finishes it. Short conversations are few (about 1% of benchmarks/clean.py's corpus).
+    With lingua, a sample too short for its low-accuracy mode needs its high-accuracy models, about
+    1 GB and 5 s to load per process; so the workers (`short_too=False`) leave such a record without
+    `lang` and the parent's Language stage, one process, finishes it. The default detector has no such
+    model, and the workers decide every record.
     """
     sample = language_sample(record)
-    if short_too or len(sample) >= LOW_ACCURACY_MIN_CHARS:
-        record["lang"] = detect_language(sample)
+    if short_too or not needs_heavy_model(sample, detector):
+        record["lang"] = detect_language(sample, detector)
     else:
         record.pop("lang", None)  # an input's own `lang` must not pass for a detected one
 
@@ -397,14 +414,16 @@ class Language(Stage):
 
     name = "language"
 
-    def __init__(self, langs: Iterable[str] = (), skip_langs: Iterable[str] = ()) -> None:
+    def __init__(self, langs: Iterable[str] = (), skip_langs: Iterable[str] = (),
+                 detector: str = DEFAULT_DETECTOR) -> None:
         super().__init__()
         self.langs = set(langs)
         self.skip_langs = set(skip_langs)
+        self.detector = detector
 
     def keep(self, record: Record) -> bool | tuple[bool, str]:
         if "lang" not in record:
-            add_language(record)
+            add_language(record, detector=self.detector)
         lang = record["lang"]
         self.notes[lang or "none"] += 1
         if self.langs and lang not in self.langs:
@@ -551,10 +570,12 @@ class RecordCleaner:
             self.stages.append(Neutralize(tokenizer_specials(counter.tokenizer)))
         self.stages += [
             Structure(options.on_bad_roles, options.min_chars),
-            Content(options.blocks, options.repeated_digits, options.restarted_lists),
+            Content(options.blocks + (OPENAI_MENTIONS if options.openai_filter else ()), options.repeated_digits,
+                    options.restarted_lists, options.plugins_filter),
         ]
         self.splitter = Splitter(counter, options.max_tokens, options.template_tokens, options.long_round)
         self.detect_lang = options.detect_lang
+        self.detector = options.lang_detector
 
     def run(self, chunk: list[tuple[int, str, Record]]) -> ChunkResult:
         for stage in self.stages:
@@ -565,7 +586,7 @@ class RecordCleaner:
             # The steps are generators taking one record at a time, so drops and keeps arrive in input order.
             for record in run_pipeline(normalized, self.stages, lambda *dropped: outcomes.append(dropped)):
                 if self.detect_lang:
-                    add_language(record, short_too=False)
+                    add_language(record, short_too=False, detector=self.detector)
                 record[PLAN_KEY] = self.splitter.plan(record)
                 outcomes.append((record, None, None))
         except UserError as exc:  # crosses the process boundary as text, raised again in the parent
@@ -699,7 +720,9 @@ def clean(input_path: str | os.PathLike[str], output_path: str | os.PathLike[str
         TokenCounter.from_option(options.tokenizer)  # a bad tokenizer fails here, before any worker starts
     read = StageStats("read")
     worker_stages: dict[str, dict[str, Any]] = {}
-    parent_steps: list[Step] = [Language(options.langs, options.skip_langs)] if options.detect_lang else []
+    parent_steps: list[Step] = (
+        [Language(options.langs, options.skip_langs, options.lang_detector)] if options.detect_lang else []
+    )
     parent_steps += [Dedup(options.exact_dedup, options.near_dup, options.num_perm), Split()]
 
     def counted() -> Iterator[tuple[str, Record]]:

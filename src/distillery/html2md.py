@@ -21,7 +21,14 @@ import re
 
 from selectolax.lexbor import LexborHTMLParser, LexborNode
 
-_HTML_START = re.compile(r"\s*<(?:div|p|pre|ol|ul|table|h[1-6]|blockquote)[\s>]", re.IGNORECASE)
+# Share-page turns open with a block element, with inline markup (`<span>…`, `<strong>…`), or with a few
+# words and then a closed block (`Sure!<p>…</p>`). `<s>` is left out: as plain text it is a special token.
+_HTML_START = re.compile(
+    r"\s*<(?:div|p|pre|ol|ul|table|h[1-6]|blockquote|span|strong|b|em|i|a|code|br|hr|img|del|u|sup|sub)[\s>/]",
+    re.IGNORECASE,
+)
+_LEAD_IN_BLOCK = re.compile(r"[^\n<]{1,200}<(div|p|pre|ol|ul|table|h[1-6]|blockquote)[\s>].*</\1\s*>",
+                            re.IGNORECASE | re.DOTALL)
 _REGEN_COUNTER = re.compile(r"^\s*\d{1,3} / \d{1,3}(?=\S|$)")
 _COPY_LABEL = re.compile(r"Copy\d+ chars / \d+ words")
 _NEWLINE_SPACE = re.compile(r"[\t \r\n]*[\r\n][\t \r\n]*")
@@ -50,13 +57,17 @@ _ENTER.update(code=_NOFORMAT, kbd=_NOFORMAT, samp=_NOFORMAT)
 
 def looks_like_html(text: str) -> bool:
     """Whether a turn is share-page markup rather than plain text (only markup is converted)."""
-    return _HTML_START.match(_REGEN_COUNTER.sub("", text, count=1)) is not None
+    return _is_markup(_REGEN_COUNTER.sub("", text, count=1))
+
+
+def _is_markup(text: str) -> bool:
+    return _HTML_START.match(text) is not None or _LEAD_IN_BLOCK.match(text) is not None
 
 
 def clean_turn(text: str) -> str:
     """One turn's value as clean markdown: markup converted, share-page noise removed."""
     text = _REGEN_COUNTER.sub("", text, count=1)
-    if _HTML_START.match(text):
+    if _is_markup(text):
         text = html_to_markdown(text)
     return _COPY_LABEL.sub("", text).strip()
 

@@ -42,8 +42,9 @@ from distillery.charts import Ring, Stage
 from distillery.dedup import RougeIndex, normalize
 from distillery.errors import InputError, UserError
 from distillery.formats import ALPACA, detect_format, to_messages
+from distillery.html2md import clean_turn
 from distillery.io import iter_located, read_text, sidecar, write_text
-from distillery.langid import detect_languages
+from distillery.langid import DEFAULT_DETECTOR, DETECTORS, conversation_sample, detect_languages
 from distillery.stats import LengthCounter, length_counter, summarize
 from distillery.verbs import verb_object
 
@@ -56,7 +57,6 @@ _ROUGE_BINS = 20
 _CLOSEST_PAIRS = 20
 _REJECTED_EXAMPLES = 3
 _TOP_LANGUAGES = 8
-_LANG_CLIP = 300  # lingua's cost grows with length; the opening of a text tells its language
 
 
 @dataclass
@@ -76,6 +76,7 @@ class ReportOptions:
     short_output: int = 5
     seed: int = 0
     title: str = "distillery report"
+    lang_detector: str = DEFAULT_DETECTOR
 
     def __post_init__(self) -> None:
         self.inputs = [Path(p) for p in self.inputs]
@@ -85,6 +86,8 @@ class ReportOptions:
         for name in ("sample", "dup_sample", "lang_sample", "short_output"):
             if getattr(self, name) < 0:
                 raise UserError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(self, name)}")
+        if self.lang_detector not in DETECTORS:
+            raise UserError(f"--lang-detector must be one of {', '.join(DETECTORS)}, got {self.lang_detector!r}")
         if self.top_verbs < 1 or self.objects_per_verb < 0:
             raise UserError("top_verbs must be at least 1 and objects_per_verb at least 0")
         for flag, paths in (("--rejected", self.rejected), ("--summary", self.summaries)):
@@ -111,6 +114,8 @@ class Row:
     verb: str | None
     obj: str | None
     lengths: tuple[int, int, int]
+    prompts: tuple[str, ...] = ()
+    replies: tuple[str, ...] = ()
     lang: str | None = None
     response_lang: str | None = None
     max_rouge: float | None = None
@@ -189,12 +194,17 @@ def _string(record: dict[str, Any], key: str, where: str) -> str:
     return value
 
 
-def _texts(record: dict[str, Any], where: str) -> tuple[str, str, str, str, int | None]:
-    """(layout, instruction, input, output, turns): conversations show their first exchange."""
+Texts = tuple[str, str, str, str, int | None, tuple[str, ...], tuple[str, ...]]
+
+
+def _texts(record: dict[str, Any], where: str) -> Texts:
+    """(layout, instruction, input, output, turns, prompts, replies): conversations show their first
+    exchange; prompts and replies (every user and assistant text) decide the record's language."""
     layout = detect_format(record, where)
     if layout == ALPACA:
-        return layout, _string(record, "instruction", where), _string(record, "input", where), \
-            _string(record, "output", where), None
+        instruction, given = _string(record, "instruction", where), _string(record, "input", where)
+        output = _string(record, "output", where)
+        return layout, instruction, given, output, None, (instruction, given), (output,)
     turns = [(m["role"], m["content"], bool(m.get("tool_calls")))
              for m in to_messages(record, where) if m["role"] != "system"]
     instruction = output = ""
@@ -204,7 +214,9 @@ def _texts(record: dict[str, Any], where: str) -> tuple[str, str, str, str, int 
             answers = (text for role, text, calls in turns[position + 1:] if role == "assistant" and not calls)
             output = next(answers, "")
             break
-    return layout, instruction, "", output, len(turns)
+    prompts = tuple(text for role, text, _ in turns if role == "user")
+    replies = tuple(text for role, text, calls in turns if role == "assistant" and not calls)
+    return layout, instruction, "", output, len(turns), prompts, replies
 
 
 def _display_names(paths: list[Path]) -> list[str]:
@@ -212,11 +224,10 @@ def _display_names(paths: list[Path]) -> list[str]:
     return [str(p) if names.count(p.name) > 1 else p.name for p in paths]
 
 
-def _read(
-    path: Path, measure: LengthCounter
-) -> Iterator[tuple[int, str, str, str, str, int | None, tuple[int, int, int]]]:
-    """(number, layout, instruction, input, output, turns, lengths) per record. Lengths are measured for a
-    batch of records at once, so a tokenizer gets one call per field and batch rather than one per text."""
+def _read(path: Path, measure: LengthCounter) -> Iterator[tuple[Any, ...]]:
+    """(number, layout, instruction, input, output, turns, prompts, replies, lengths) per record. Lengths
+    are measured for a batch of records at once, so a tokenizer gets one call per field and batch rather
+    than one per text."""
     located = enumerate(iter_located(path), start=1)
     while batch := [(number, *_texts(record, where)) for number, (where, record) in islice(located, _BATCH)]:
         lengths = zip(*(measure([row[column] for row in batch]) for column in (2, 3, 4)), strict=True)
@@ -229,7 +240,7 @@ def _profile(path: Path, name: str, options: ReportOptions, measure: LengthCount
     rng = random.Random(options.seed)
     keep = max(options.sample, options.dup_sample, options.lang_sample)
     seen_keys: set[int] = set()
-    for number, layout, instruction, given, output, turns, lengths in _read(path, measure):
+    for number, layout, instruction, given, output, turns, prompts, replies, lengths in _read(path, measure):
         profile.records = number
         profile.formats[layout] += 1
         if turns is not None:
@@ -251,7 +262,7 @@ def _profile(path: Path, name: str, options: ReportOptions, measure: LengthCount
         slot = number - 1 if number <= keep else rng.randrange(number)
         if slot < keep:
             row = Row(number, layout, instruction[:_TEXT_CLIP], given[:_TEXT_CLIP], output[:_TEXT_CLIP], turns,
-                      verb, obj, lengths)
+                      verb, obj, lengths, prompts, replies)
             if number <= keep:
                 profile.sample.append(row)
             else:
@@ -262,14 +273,17 @@ def _profile(path: Path, name: str, options: ReportOptions, measure: LengthCount
     return profile
 
 
-def _detect_languages(profiles: list[Profile], size: int) -> None:
-    """One lingua batch for every input: prompts and responses of each input's language sample."""
+def _detect_languages(profiles: list[Profile], size: int, detector: str = DEFAULT_DETECTOR) -> None:
+    """One batch for every input's language sample. A record's language is decided as `clean` decides it
+    (`langid.conversation_sample` of its markdown: the prompts, the replies filling in), so both commands
+    give a record the same language; the response language is decided on the replies alone."""
     chosen = [p.sample[:size] for p in profiles]
-    prompts = [f"{row.instruction}\n{row.input}"[:_LANG_CLIP] for rows in chosen for row in rows]
-    responses = [row.output[:_LANG_CLIP] for rows in chosen for row in rows]
+    prompts = [conversation_sample(map(clean_turn, row.prompts), map(clean_turn, row.replies))
+               for rows in chosen for row in rows]
+    responses = [conversation_sample(map(clean_turn, row.replies)) for rows in chosen for row in rows]
     if not prompts:
         return
-    codes = detect_languages(prompts + responses)
+    codes = detect_languages(prompts + responses, detector)
     prompt_codes, response_codes = codes[: len(prompts)], codes[len(prompts):]
     position = 0
     for profile, rows in zip(profiles, chosen, strict=True):
@@ -329,6 +343,8 @@ def _reason_of(record: dict[str, Any]) -> str:
 def _read_rejected(path: Path) -> tuple[dict[str, Counter], dict[str, list[str]]]:
     by_stage: dict[str, Counter] = {}
     examples: dict[str, list[str]] = {}
+    if path.stat().st_size == 0:  # a run that rejected nothing, such as `clean` on clean data, leaves it empty
+        return by_stage, examples
     for _, record in iter_located(path):
         reason = _reason_of(record)
         by_stage.setdefault(_stage_of(record), Counter())[reason] += 1
@@ -435,7 +451,7 @@ def collect(options: ReportOptions) -> list[Profile]:
     measure = length_counter(options.tokenizer)
     names = _display_names(options.inputs)
     profiles = [_profile(path, name, options, measure) for path, name in zip(options.inputs, names, strict=True)]
-    _detect_languages(profiles, options.lang_sample)
+    _detect_languages(profiles, options.lang_sample, options.lang_detector)
     for position, profile in enumerate(profiles):
         _near_duplicates(profile, options.dup_sample)
         summary = options.summaries[position] if position < len(options.summaries) else None

@@ -506,7 +506,7 @@ def self_instruct(
         help="Seed tasks: builtin:en, builtin:zh, builtin:sql, or a file of Alpaca seed tasks (JSONL) or Alpaca "
              "records (JSON/JSONL) \\[default: builtin:LANG, or builtin:sql for text-to-sql].")] = None,
     lang: Annotated[str, typer.Option(
-        help="Language every kept instruction (and output) must be in, detected offline by lingua (ASCII text "
+        help="Language every kept instruction (and output) must be in, detected offline (ASCII text "
              "under 20 letters passes as English): en, zh, or any ISO code with --template and --seeds.")] = "en",
     task_type: Annotated[str, typer.Option(
         help="general, or text-to-sql (schema in input, one query in output, every query run on its schema).")]

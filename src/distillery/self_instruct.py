@@ -69,9 +69,9 @@ BLOCKLIST_ZH = ("图片", "图像", "照片", "视频", "音频", "文件", "图
 CHARACTER_LANGS = {"zh", "ja", "ko"}  # instruction length is counted in characters, not words
 LENGTH_DEFAULTS = {"words": (4, 150), "characters": (6, 300)}  # Alpaca drops <= 3 and > 150 words
 
-# lingua is wrong about half the time on English under 20 letters ("Yes" -> Tsonga, "Paris" -> Latin)
-# and about 10 % of the time at 20-30 letters, while it still names short French or German sentences
-# correctly from about 20 letters; so only ASCII text shorter than this passes for English undetected.
+# Detectors are unreliable on English under about 20 letters ("Yes" -> Tsonga, "Paris" -> Latin) while
+# they name short French or German sentences correctly from about 20 letters; so only ASCII text
+# shorter than this passes for English undetected.
 _SHORT_LETTERS = 20
 _STALL_LIMIT = 100  # answers in a row without one accepted record: the run cannot progress
 _MIN_FAILURE_LIMIT = 10

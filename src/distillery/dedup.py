@@ -116,7 +116,7 @@ def _reach(slack: float, length: int, room: int) -> int:
     -1 when none, _UNBOUNDED when every length qualifies (alpha grows with the partner's length)."""
     if slack <= 0:
         return _UNBOUNDED if room >= 1 else -1
-    longest = min(max(int(2 * room / slack) - length, -1), _UNBOUNDED)  # a float estimate, then exact steps
+    longest = int(min(max(2 * room / slack - length, -1), _UNBOUNDED))  # a float estimate, then exact steps
     while longest < _UNBOUNDED and _alpha(slack, longest + 1 + length) <= room:
         longest += 1
     while longest >= 0 and _alpha(slack, longest + length) > room:

@@ -14,11 +14,19 @@ Times are CPU seconds of this process (time.process_time), so other work on a sh
 skew the ratio; both sides run single-threaded.
 
 Then the scaling table: exact ROUGE-L dedup of 10K, 30K and 100K synthesized instructions (anchor texts,
-their perturbations and splices of two texts, English and Chinese).
+their perturbations and splices of two texts, English and Chinese), against the previous RougeIndex
+(benchmarks/dedup_baseline.py: one numpy pass per raw posting entry, np.unique, full-width sketch rows).
+And MinHash (threshold 0.8, 128 permutations) on the same texts against the previous MinHashIndex (two
+signatures per kept text) and against datasketch used directly with shared permutations, one signature a
+text. Issue 13 section 4's goals are printed beside what they are measured against.
+
+Each comparison runs in lockstep: every text goes through the baseline and distillery one after the
+other, each timed on its own CPU clock, so load from other processes falls on both alike; the decisions
+(kept or dropped, score, most similar text) must be identical.
 
     python benchmarks/dedup.py                       # default: baseline on the first 1000, sizes 10K-100K
     python benchmarks/dedup.py --baseline-sample 0   # baseline on the whole 4K workload (slow)
-    python benchmarks/dedup.py --sizes 10000,30000
+    python benchmarks/dedup.py --sizes 10000,30000 --minhash-sizes 30000
 """
 
 from __future__ import annotations
@@ -28,10 +36,15 @@ import json
 import random
 import time
 from pathlib import Path
+from typing import Any
 
+import dedup_baseline
+from datasketch import LeanMinHash, MinHash, MinHashLSH
+from dedup_baseline import BaselineMinHashIndex, BaselineRougeIndex
 from rouge_score import rouge_scorer
 
-from distillery.dedup import DedupOptions, dedup_records, tokenize
+from distillery import dedup
+from distillery.dedup import DedupOptions, MinHashIndex, RougeIndex, dedup_records, tokenize
 
 ANCHORS = Path(__file__).resolve().parents[1].parent / "shared" / "anchors"
 FILLERS = ["please", "briefly", "also", "now", "the", "a", "some", "new", "simple", "short"]
@@ -168,14 +181,127 @@ def compare(seeds: list[str], sample: int) -> None:
         raise SystemExit("kept sets differ")
 
 
+def lockstep(texts: list[str], seeds: list[str], indexes: dict[str, Any]) -> tuple[dict[str, float], int]:
+    """Every text through every index in turn (find_duplicate, then add when kept): CPU seconds each."""
+    seconds = dict.fromkeys(indexes, 0.0)
+    for name, index in indexes.items():
+        start = time.process_time()
+        for seed in seeds:
+            index.add(seed)
+        seconds[name] += time.process_time() - start
+    kept = 0
+    for text in texts:
+        decisions = []
+        for name, index in indexes.items():
+            start = time.process_time()
+            match = index.find_duplicate(text)
+            if match is None:
+                index.add(text)
+            seconds[name] += time.process_time() - start
+            decisions.append(match)
+        if any(decision != decisions[0] for decision in decisions):
+            raise SystemExit(f"decisions differ on {text!r}: {decisions}")
+        kept += decisions[0] is None
+    return seconds, kept
+
+
 def scaling(seeds: list[str], sizes: list[int]) -> None:
     if not sizes:
         return
-    print(f"\n{'instructions':>12} {'kept':>8} {'dropped':>8} {'CPU s':>9} {'per second':>11}")
+    print("\nexact ROUGE-L > 0.7, previous RougeIndex vs distillery, lockstep, identical decisions checked")
+    print(f"{'instructions':>12} {'kept':>8} {'previous CPU s':>15} {'distillery CPU s':>17} {'speed-up':>9}")
     for size in sizes:
         texts = synthesize(size, random.Random(size))
-        kept, seconds = distillery_kept(texts, seeds)
-        print(f"{size:>12,} {len(kept):>8,} {size - len(kept):>8,} {seconds:>9.1f} {size / seconds:>11,.0f}")
+        seconds, kept = lockstep(texts, seeds, {"previous": BaselineRougeIndex(), "distillery": RougeIndex()})
+        print(f"{size:>12,} {kept:>8,} {seconds['previous']:>15.1f} {seconds['distillery']:>17.1f} "
+              f"{seconds['previous'] / seconds['distillery']:>8.2f}x", flush=True)
+    if 100_000 in sizes:
+        met = "MET" if seconds["distillery"] < 30 else "NOT MET"
+        print(f"goal (issue 13): 100K in under 30 CPU s with identical decisions: {seconds['distillery']:.1f} CPU s, "
+              f"{met} (previous: {seconds['previous']:.1f} CPU s; issue's measurement: 52.7)")
+
+
+class Tokenizations:
+    """distillery's tokenizer, counting its calls."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self, text: str) -> list[str]:
+        self.count += 1
+        return tokenize(text)
+
+
+class DatasketchIndex:
+    """datasketch used directly, one signature a text: MinHash with shared permutations in a MinHashLSH."""
+
+    def __init__(self, threshold: float = 0.8, num_perm: int = 128) -> None:
+        self._template = MinHash(num_perm=num_perm)
+        self._lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+        self._threshold = threshold
+        self._signatures: list[LeanMinHash] = []
+        self._texts: list[str] = []
+        self._last: tuple[str, LeanMinHash | None] | None = None
+
+    def _signature(self, text: str) -> LeanMinHash | None:
+        if self._last is not None and self._last[0] == text:
+            return self._last[1]
+        tokens = tokenize(text)
+        pairs = zip(tokens, tokens[1:], strict=False)
+        shingles = [f"{a} {b}".encode() for a, b in pairs] if len(tokens) > 1 else [t.encode() for t in tokens]
+        if not shingles:
+            return None
+        template = self._template
+        signature = MinHash(template.num_perm, permutations=template.permutations, scheme=template.scheme)
+        signature.update_batch(shingles)
+        return LeanMinHash(signature)
+
+    def add(self, text: str) -> None:
+        signature = self._signature(text)
+        if signature is not None:
+            self._lsh.insert(len(self._signatures), signature)
+            self._signatures.append(signature)
+            self._texts.append(text)
+
+    def find_duplicate(self, text: str) -> tuple[float, str] | None:
+        signature = self._signature(text)
+        self._last = (text, signature)
+        if signature is None:
+            return None
+        scores = [(signature.jaccard(self._signatures[key]), -key) for key in self._lsh.query(signature)]
+        best, key = max(scores, default=(0.0, 0))
+        return (best, self._texts[-key]) if best > self._threshold else None
+
+
+def minhash(seeds: list[str], sizes: list[int]) -> None:
+    if not sizes:
+        return
+    print("\nMinHash, Jaccard > 0.8, 128 permutations, lockstep, identical decisions checked")
+    print(f"{'instructions':>12} {'kept':>8} {'previous CPU s':>15} {'datasketch CPU s':>17} "
+          f"{'distillery CPU s':>17} {'signatures (previous / distillery)':>36}")
+    for size in sizes:
+        texts = synthesize(size, random.Random(size))
+        counter = Tokenizations()
+        # A signature tokenizes its text once, so counting tokenizations counts the signatures computed.
+        dedup.tokenize = dedup_baseline.tokenize = counter
+        try:
+            start = time.process_time()
+            previous = BaselineMinHashIndex()
+            for text in seeds + texts:
+                if previous.find_duplicate(text) is None:
+                    previous.add(text)
+            previous_seconds = time.process_time() - start
+            previous_signatures, counter.count = counter.count, 0
+            seconds, kept = lockstep(texts, seeds, {"datasketch": DatasketchIndex(), "distillery": MinHashIndex()})
+            ours = counter.count  # DatasketchIndex calls this module's own, uncounted, tokenize
+        finally:
+            dedup.tokenize = dedup_baseline.tokenize = tokenize
+        print(f"{size:>12,} {kept:>8,} {previous_seconds:>15.1f} {seconds['datasketch']:>17.1f} "
+              f"{seconds['distillery']:>17.1f} {previous_signatures:>17,} / {ours:,}", flush=True)
+    print(f"goal (issue 13): hash once: {ours:,} signatures for {len(seeds) + size:,} texts "
+          f"(previous: {previous_signatures:,}); at least datasketch's shared-permutation speed: "
+          f"{seconds['distillery']:.1f} vs {seconds['datasketch']:.1f} CPU s, "
+          f"{'MET' if seconds['distillery'] <= seconds['datasketch'] else 'NOT MET'}")
 
 
 def main() -> None:
@@ -183,10 +309,12 @@ def main() -> None:
     parser.add_argument("--baseline-sample", type=int, default=1000,
                         help="run Alpaca's loop on the first N candidates only and extrapolate (0: all)")
     parser.add_argument("--sizes", default="10000,30000,100000", help="comma-separated scaling sizes ('' to skip)")
+    parser.add_argument("--minhash-sizes", default="30000,100000", help="comma-separated MinHash sizes ('' to skip)")
     args = parser.parse_args()
     seeds = load("alpaca_seed_tasks.jsonl")
     compare(seeds, args.baseline_sample)
     scaling(seeds, [int(size) for size in args.sizes.split(",") if size])
+    minhash(seeds, [int(size) for size in args.minhash_sizes.split(",") if size])
 
 
 if __name__ == "__main__":

@@ -1,14 +1,17 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 import re
 
+import numpy as np
 import pytest
 from conftest import ANCHORS, run_cli
 from rouge_score import rouge_scorer
 from typer.testing import CliRunner
 
+from distillery import dedup
 from distillery.cli import app
 from distillery.dedup import (
     DedupOptions,
@@ -133,6 +136,114 @@ def test_index_pruning_never_changes_a_score_or_decision(threshold):
             index.add(query)
             added.append(query)
     assert len(index) == len(added)
+
+
+def bounded_pairs(index: RougeIndex, query: str, texts: list[str]) -> list[int]:
+    """The filters' contract pair by pair, with no postings: the texts sharing an element within both
+    pair-sized prefixes (alpha = least overlap for F above the threshold) whose count sketch passes."""
+    slack = index.threshold - dedup._MARGIN
+    codes = [index._vocab.get(token, dedup._UNKNOWN) for token in tokenize(query)]
+    n, prefix = len(codes), index._prefix(dedup._elements(codes))
+    sketch = dedup._sketch([code for code in codes if code != dedup._UNKNOWN]).astype(int)
+    passed = []
+    for number, text in enumerate(texts):
+        other = [index._vocab[token] for token in tokenize(text)]
+        m = len(other)
+        alpha = max(math.floor(slack * (m + n) / 2) + 1, 1)
+        where = {element: j for j, element in enumerate(index._prefix(dedup._elements(other)))}
+        if not any(element in where and i <= n - alpha and where[element] <= m - alpha
+                   for i, element in enumerate(prefix)):
+            continue
+        overlap = np.minimum(dedup._sketch(other).astype(int), sketch).sum()
+        if 2 * overlap > slack * (m + n) or m > 65535:
+            passed.append(number)
+    return passed
+
+
+@pytest.mark.parametrize("threshold", [0.0, 0.3, 0.5, 0.7, 0.9, 1.0])
+def test_candidate_gathering_matches_the_pairwise_bounds_and_misses_no_duplicate(threshold):
+    """Random and adversarial texts: repeats of one token, very unequal lengths, unknown tokens, Chinese."""
+    rng = random.Random(100 + int(threshold * 10))
+    vocabulary = ["a", "b", "c", "d", "e", "f", "水", "火"]
+
+    def text() -> str:
+        kind = rng.randrange(5)
+        if kind == 0:
+            return " ".join([rng.choice(vocabulary)] * rng.randint(1, 40))
+        if kind == 1:
+            return " ".join(rng.choice(vocabulary[:3]) for _ in range(rng.choice([1, 2, 60, 150])))
+        words = [rng.choice(vocabulary) for _ in range(rng.choice([1, 2, 3, 5, 8, 13, 21, 34]))]
+        return " ".join(words) + rng.choice(["", " zz", " 雪 zz zz"])
+
+    index, added = RougeIndex(threshold), []
+    for _ in range(300):  # past several re-indexings (32, 64, 128, 256)
+        query = text()
+        candidates = list(index.candidates(query))
+        assert candidates == bounded_pairs(index, query, added)
+        above = [number for number, other in enumerate(added) if lcs_score(query, other) > threshold]
+        assert set(above) <= set(candidates)
+        if rng.random() < 0.6:
+            index.add(query)
+            added.append(query)
+
+
+@pytest.mark.parametrize("method", ["rouge-l", "minhash"])
+def test_each_text_is_tokenized_and_hashed_once(monkeypatch, method):
+    """find_duplicate and the add of the same text that follows share one tokenization and signature."""
+    calls = []
+
+    def counted(text: str) -> list[str]:
+        calls.append(text)
+        return tokenize(text)
+
+    monkeypatch.setattr(dedup, "tokenize", counted)
+    seeds = instructions("alpaca_seed_tasks.jsonl")[:40]
+    texts = instructions("llamafactory_alpaca_en_demo.json")[:80] + instructions("belle_zh_seed_tasks.json")[:40]
+    texts += [text.upper() for text in texts[:30]]  # duplicates, dropped without an add
+    kept = list(dedup_records(({"instruction": text} for text in texts), seeds, DedupOptions(method=method)))
+    assert 100 <= len(kept) < len(texts)
+    assert len(calls) == len(seeds) + len(texts)
+
+
+def test_minhash_signatures_and_decisions_are_datasketchs():
+    """Bit-identical to datasketch's MinHash (default scheme, shared permutations) in a MinHashLSH."""
+    from datasketch import LeanMinHash, MinHash, MinHashLSH
+
+    texts = instructions("llamafactory_alpaca_en_demo.json")[:300] + instructions("belle_zh_seed_tasks.json")
+    rng = random.Random(4)
+    texts += [perturb(rng.choice(texts[:300]), rng) for _ in range(150)] + ["one", "", "写"]
+    texts += [text.upper() + "!" for text in texts[:40]]
+    rng.shuffle(texts)
+    template = MinHash(num_perm=64)
+    for threshold in (0.5, 0.8):
+        index, lsh = MinHashIndex(threshold, num_perm=64), MinHashLSH(threshold, 64)
+        signatures, kept, reference = [], [], []
+        for text in texts:
+            tokens = tokenize(text)
+            pairs = zip(tokens, tokens[1:], strict=False)
+            shingles = [f"{a} {b}".encode() for a, b in pairs] if len(tokens) > 1 else [t.encode() for t in tokens]
+            expected = MinHash(64, permutations=template.permutations, scheme=template.scheme)
+            expected.update_batch(shingles)
+            signature = index.signature(text)
+            assert (signature is None) == (not shingles)
+            if not shingles:
+                reference.append(None)
+                continue
+            assert np.array_equal(signature, expected.hashvalues)
+            scores = [(-expected.jaccard(signatures[key]), key) for key in lsh.query(expected)]
+            best = min(scores, default=(0.0, -1))
+            reference.append((-best[0], kept[best[1]]) if -best[0] > threshold else None)
+            if reference[-1] is None:
+                lsh.insert(len(signatures), LeanMinHash(expected))
+                signatures.append(expected)
+                kept.append(text)
+        decisions = []
+        for text in texts:
+            decisions.append(index.find_duplicate(text))
+            if decisions[-1] is None:
+                index.add(text)
+        assert decisions == reference
+        assert sum(decision is not None for decision in decisions) > 40
 
 
 def test_query_reports_the_best_score_and_the_earliest_text_on_ties():

@@ -17,6 +17,8 @@ from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
+from hashlib import sha1
+from itertools import chain, repeat
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -42,6 +44,9 @@ _OCCURRENCE = 1 << 40  # element = token code + k * _OCCURRENCE for the k-th rep
 _FIRST_REBUILD = 32
 _BUCKETS = 64  # token-count sketch width: 128 bytes a text, prunes ~97% of what the prefix filter lets by
 _SKETCH_MAX = np.iinfo(np.uint16).max
+_ORDER_SHIFT = 64  # prefix order key: document frequency << 64 | element; elements stay below 2**64
+_ELEMENT_MASK = (1 << _ORDER_SHIFT) - 1
+_UNBOUNDED = int(np.iinfo(np.intc).max)
 
 
 def tokenize(text: str) -> list[str]:
@@ -90,6 +95,8 @@ def _sketch(codes: list[int]) -> np.ndarray:
 
 def _elements(codes: list[int]) -> list[int]:
     """The token multiset as a set: the k-th repeat of a token is its own element, so overlaps add up."""
+    if len(set(codes)) == len(codes):
+        return codes
     seen: dict[int, int] = {}
     elements = []
     for code in codes:
@@ -97,6 +104,37 @@ def _elements(codes: list[int]) -> list[int]:
         seen[code] = repeat + 1
         elements.append(code + repeat * _OCCURRENCE)
     return elements
+
+
+def _alpha(slack: float, total: int) -> int:
+    """The least token overlap two texts of `total` tokens together need for F above the threshold."""
+    return max(math.floor(slack * total / 2) + 1, 1)
+
+
+def _reach(slack: float, length: int, room: int) -> int:
+    """The longest partner of a `length`-token text for which their pair needs at most `room` overlap:
+    -1 when none, _UNBOUNDED when every length qualifies (alpha grows with the partner's length)."""
+    if slack <= 0:
+        return _UNBOUNDED if room >= 1 else -1
+    longest = int(min(max(2 * room / slack - length, -1), _UNBOUNDED))  # a float estimate, then exact steps
+    while longest < _UNBOUNDED and _alpha(slack, longest + 1 + length) <= room:
+        longest += 1
+    while longest >= 0 and _alpha(slack, longest + length) > room:
+        longest -= 1
+    return longest
+
+
+@dataclass(frozen=True)
+class _Probe:
+    """A text as a query sees it; when all its tokens are known, `add` of the same text reuses all of it."""
+
+    text: str
+    tokens: list[str]
+    codes: list[int]
+    prefix: list[int]
+    elements: list[int]
+    sketch: np.ndarray
+    complete: bool
 
 
 class RougeIndex:
@@ -109,7 +147,8 @@ class RougeIndex:
       that pair's lengths allow (the positional part). Rarity is a document-frequency snapshot
       refreshed, with a full re-index, each time the index doubles, so every prefix is cut in one order;
     - a count sketch per text (tokens hashed into 64 buckets), whose bucket-wise minimum can only
-      over-count the overlap.
+      over-count the overlap; only the buckets the query's own tokens fall in are read.
+    `add` right after `find_duplicate` of the same text reuses the query's tokens, prefix and sketch.
     """
 
     def __init__(self, threshold: float = 0.7) -> None:
@@ -120,64 +159,102 @@ class RougeIndex:
         self._vocab: dict[str, int] = {}
         self._texts: list[str] = []
         self._seqs: list[str | list[int]] = []
-        self._lengths = np.zeros(_FIRST_REBUILD, dtype=np.float64)
+        self._lengths = np.zeros(_FIRST_REBUILD, dtype=np.intc)
         self._sketches = np.zeros((_FIRST_REBUILD, _BUCKETS), dtype=np.uint16)
         self._df: dict[int, int] = {}
-        self._rank: dict[int, int] = {}
+        self._order: dict[int, int] = {}  # element -> its document frequency << 64 | element, at the last re-index
         self._postings: dict[int, array[int]] = {}
+        self._reaches: dict[tuple[int, int], int] = {}
+        self._slot = np.zeros(_FIRST_REBUILD, dtype=np.intc)  # scratch for deduplicating candidates
         self._rebuild_at = _FIRST_REBUILD
+        self._last: _Probe | None = None
 
     def __len__(self) -> int:
         return len(self._texts)
 
     def add(self, text: str) -> None:
-        codes = [self._intern(token) for token in tokenize(text)]
+        last, self._last = self._last, None
+        if last is not None and last.text == text and last.complete:
+            codes, elements, prefix, sketch = last.codes, last.elements, last.prefix, last.sketch
+        else:
+            tokens = last.tokens if last is not None and last.text == text else tokenize(text)
+            codes = [self._intern(token) for token in tokens]
+            elements = _elements(codes)
+            prefix = self._prefix(elements)
+            sketch = _sketch(codes)
         index = len(self._texts)
         self._texts.append(text)
         self._seqs.append(_encode(codes))
         if index == len(self._lengths):
             self._lengths = np.concatenate([self._lengths, np.zeros_like(self._lengths)])
             self._sketches = np.concatenate([self._sketches, np.zeros_like(self._sketches)])
+            self._slot = np.zeros_like(self._lengths)
         self._lengths[index] = len(codes)
-        self._sketches[index] = _sketch(codes)
-        elements = _elements(codes)
+        self._sketches[index] = sketch
+        df = self._df
         for element in elements:
-            self._df[element] = self._df.get(element, 0) + 1
-        self._post(index, elements)
+            df[element] = df.get(element, 0) + 1
+        self._post(index, prefix)
         if len(self._texts) >= self._rebuild_at:
             self._reindex()
 
     def find_duplicate(self, text: str) -> Match | None:
         """The best match when its F is above the threshold; only pairs that could be are scored."""
-        codes = self._lookup(text)
-        n = len(codes)
-        found, probes = [], []
-        for position, element in enumerate(self._prefix(_elements(codes))):
-            posting = self._postings.get(element)
-            if posting is not None:
-                found.append(posting)
-                probes.append(position)
-        if not found:
-            return None
-        entries = np.frombuffer(b"".join(found), dtype=np.intc).reshape(-1, 2)
-        indices, positions = entries[:, 0], entries[:, 1]
-        probe_positions = np.repeat(probes, [len(posting) // 2 for posting in found])
-        lengths = self._lengths[indices]
-        # The pair's own overlap requirement shortens both prefixes (PPJoin's positional filter).
-        alpha = np.maximum(np.floor(self._slack * (lengths + n) / 2) + 1, 1)
-        indices = np.unique(indices[(probe_positions <= n - alpha) & (positions <= lengths - alpha)])
-        lengths = self._lengths[indices]
-        known = [code for code in codes if code != _UNKNOWN]
-        overlap = np.minimum(self._sketches[indices], _sketch(known)).sum(axis=1)
-        # Only two texts over 65,535 tokens each can saturate a bucket; the sketch then bounds nothing.
-        indices = indices[(2 * overlap > self._slack * (lengths + n)) | (lengths > _SKETCH_MAX)]
+        probe = self._probe(text)
+        self._last = probe
+        indices = self._candidates(probe)
         if not len(indices):
             return None
-        scores = self._scores(codes, indices)
+        scores = self._scores(probe.codes, indices)
         best = int(np.argmax(scores))
         if scores[best] > self.threshold:
             return float(scores[best]), self._texts[indices[best]]
         return None
+
+    def candidates(self, text: str) -> np.ndarray:
+        """Indices (ascending) of the added texts the bounds let through: every one whose F is above the
+        threshold is among them, so scoring only these decides exactly."""
+        return self._candidates(self._probe(text))
+
+    def _probe(self, text: str) -> _Probe:
+        tokens = tokenize(text)
+        codes = list(map(self._vocab.get, tokens, repeat(_UNKNOWN)))  # as _lookup, keeping the tokens
+        complete = _UNKNOWN not in codes
+        elements = _elements(codes)
+        known = codes if complete else [code for code in codes if code != _UNKNOWN]
+        return _Probe(text, tokens, codes, self._prefix(elements), elements, _sketch(known), complete)
+
+    def _candidates(self, probe: _Probe) -> np.ndarray:
+        """Prefix-filter entries whose pair passes the positional filter, deduplicated, then the sketch.
+
+        The positional filter needs, at probe position i and an entry of an m-token text at its position
+        j: i <= n - alpha(m + n) and j <= m - alpha(m + n). alpha grows with both lengths, so the first
+        is m <= reach(n, n - i), one number per probe position, and the second n <= reach(m, m - j), one
+        number per entry computed when it was posted.
+        """
+        n, slack = len(probe.codes), self._slack
+        found: list[array[int]] = []
+        longest: list[int] = []
+        for position, element in enumerate(probe.prefix):
+            posting = self._postings.get(element)
+            if posting is not None:
+                found.append(posting)
+                longest.append(self._reach(n, n - position))
+        if not found:
+            return np.zeros(0, dtype=np.intc)
+        entries = np.frombuffer(b"".join(found), dtype=np.intc).reshape(-1, 3)  # index, length, reach
+        passed = (entries[:, 1] <= np.repeat(longest, [len(posting) // 3 for posting in found])) & (
+            entries[:, 2] >= n)
+        indices = entries[passed, 0]
+        # Deduplicate without sorting: of each index's entries, only the one written last keeps its slot.
+        slots = np.arange(len(indices), dtype=np.intc)
+        self._slot[indices] = slots
+        indices = indices[self._slot[indices] == slots]
+        lengths = self._lengths[indices]
+        buckets = np.flatnonzero(probe.sketch)
+        overlap = np.minimum(self._sketches.take(indices, axis=0)[:, buckets], probe.sketch[buckets]).sum(axis=1)
+        # Only two texts over 65,535 tokens each can saturate a bucket; the sketch then bounds nothing.
+        return np.sort(indices[(2 * overlap > slack * (lengths + n)) | (lengths > _SKETCH_MAX)])
 
     def query(self, text: str) -> tuple[float, str | None]:
         """Exact best F over everything added, and that text (the earliest added on a tie)."""
@@ -199,7 +276,7 @@ class RougeIndex:
     def _scores(self, codes: list[int], indices: np.ndarray | None) -> np.ndarray:
         """rouge_score's float expression, elementwise: numpy float64 rounds exactly as Python does."""
         size = len(self._texts)
-        lengths = self._lengths[:size] if indices is None else self._lengths[indices]
+        lengths = (self._lengths[:size] if indices is None else self._lengths[indices]).astype(np.float64)
         scores = np.zeros(len(lengths))
         if not codes or not len(lengths):
             return scores
@@ -219,48 +296,75 @@ class RougeIndex:
         return code
 
     def _lookup(self, text: str) -> list[int]:
-        vocab = self._vocab
-        return [vocab.get(token, _UNKNOWN) for token in tokenize(text)]
+        return list(map(self._vocab.get, tokenize(text), repeat(_UNKNOWN)))
 
     def _prefix(self, elements: list[int]) -> list[int]:
-        """The rarest len - alpha + 1 elements, alpha being the least overlap any duplicate pair needs."""
+        """The rarest len - alpha + 1 elements, alpha being the least overlap any duplicate pair needs.
+
+        Rarest first by (document frequency, element): one integer key per element, so the sort runs in C.
+        """
         n = len(elements)
         slack = self._slack
         alpha = max(1, math.floor(slack * n / (2 - slack)) + 1)
-        rank = self._rank
-        return sorted(elements, key=lambda element: (rank.get(element, 0), element))[: n - alpha + 1]
+        keys = sorted(map(self._order.get, elements, elements))  # unseen at the last re-index: frequency 0
+        return [key & _ELEMENT_MASK for key in keys[: n - alpha + 1]]
 
-    def _post(self, index: int, elements: list[int]) -> None:
-        """Each posting holds (text index, element's position in that text's prefix) pairs."""
+    def _reach(self, length: int, room: int) -> int:
+        key = (length, room)
+        reach = self._reaches.get(key)
+        if reach is None:
+            reach = self._reaches[key] = _reach(self._slack, length, room)
+        return reach
+
+    def _post(self, index: int, prefix: list[int]) -> None:
+        """Each posting holds (text index, text length, longest query it can pair with at that position)
+        triples; an entry no query could use is left out."""
         postings = self._postings
-        for position, element in enumerate(self._prefix(elements)):
+        length = len(self._seqs[index])
+        for position, element in enumerate(prefix):
+            reach = self._reach(length, length - position)
+            if reach < 1:
+                continue
             posting = postings.get(element)
             if posting is None:
                 posting = postings[element] = array("i")
-            posting.append(index)
-            posting.append(position)
+            posting.extend((index, length, reach))
 
     def _reindex(self) -> None:
-        self._rank = dict(self._df)
+        self._order = {element: df << _ORDER_SHIFT | element for element, df in self._df.items()}
         self._postings = {}
         for index, seq in enumerate(self._seqs):
-            self._post(index, _elements(_decode(seq)))
+            self._post(index, self._prefix(_elements(_decode(seq))))
         self._rebuild_at = 2 * len(self._texts)
 
 
-def _shingles(text: str) -> list[bytes]:
-    """Consecutive token pairs: character bigrams for Chinese, word bigrams for English."""
-    tokens = tokenize(text)
-    if len(tokens) < 2:
-        return [token.encode() for token in tokens]
-    return [f"{a} {b}".encode() for a, b in zip(tokens, tokens[1:], strict=False)]
+def _shingle_hashes(tokens: list[str]) -> bytes:
+    """SHA-1's first 4 bytes (datasketch's sha1_hash32) of each consecutive token pair: character bigrams
+    for Chinese, word bigrams for English; a single token is its own shingle."""
+    encoded = [token.encode() for token in tokens]
+    if len(encoded) > 1:
+        encoded = [left + b" " + right for left, right in zip(encoded, encoded[1:], strict=False)]
+    return b"".join([sha1(shingle).digest()[:4] for shingle in encoded])
+
+
+def _fmix32(values: np.ndarray) -> np.ndarray:
+    """MurmurHash3's 32-bit finalizer, datasketch's pre-mix for its default "affine32" scheme."""
+    values = values ^ (values >> np.uint32(16))
+    values = values * np.uint32(0x85EBCA6B)
+    values = values ^ (values >> np.uint32(13))
+    values = values * np.uint32(0xC2B2AE35)
+    return values ^ (values >> np.uint32(16))
 
 
 class MinHashIndex:
-    """Approximate near-duplicates by estimated Jaccard of token-bigram shingles (datasketch MinHash LSH).
+    """Approximate near-duplicates by estimated Jaccard of token-bigram shingles, with LSH banding.
 
     For corpora of millions where exact all-pairs ROUGE-L is too slow; it can miss a pair or report one
     slightly under the threshold. Texts without tokens are never duplicates, as under ROUGE-L.
+    Signatures and bands are bit-identical to datasketch's MinHash ("affine32", seed 1) in a MinHashLSH
+    with the same threshold, but a signature is one numpy pass over the shingle hashes, it is computed
+    once for `find_duplicate` and the `add` of the same text that follows, and the signatures live in one
+    uint32 matrix rather than a LeanMinHash object per text.
     """
 
     def __init__(self, threshold: float = 0.8, num_perm: int = 128) -> None:
@@ -269,44 +373,61 @@ class MinHashIndex:
         if not 0.0 <= threshold < 1.0:
             raise ValueError(f"MinHash threshold must be at least 0 and below 1, got {threshold}")
         self.threshold = threshold
-        self._template = MinHash(num_perm=num_perm)
-        self._lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
-        self._signatures: list[Any] = []
+        self.num_perm = num_perm
+        self._a, self._b = MinHash(num_perm=num_perm, scheme="affine32").permutations
+        lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)  # datasketch picks the bands
+        self._bands = [slice(band * lsh.r, (band + 1) * lsh.r) for band in range(lsh.b)]
+        self._tables: list[dict[bytes, list[int]]] = [{} for _ in self._bands]
+        self._signatures = np.empty((_FIRST_REBUILD, num_perm), dtype=np.uint32)
         self._texts: list[str] = []
+        self._last: tuple[str, np.ndarray | None] | None = None  # the latest query, for the add that follows
 
     def __len__(self) -> int:
         return len(self._texts)
 
-    def _signature(self, text: str) -> Any | None:
-        from datasketch import LeanMinHash, MinHash
-
-        shingles = _shingles(text)
-        if not shingles:
+    def signature(self, text: str) -> np.ndarray | None:
+        """The MinHash of the text's shingles (None without tokens): min over shingles of a*fmix(h)+b."""
+        last = self._last
+        if last is not None and last[0] == text:
+            return last[1]
+        hashes = _shingle_hashes(tokenize(text))
+        if not hashes:
             return None
-        template = self._template  # reusing its permutations saves most of the cost of a MinHash
-        signature = MinHash(template.num_perm, permutations=template.permutations, scheme=template.scheme)
-        signature.update_batch(shingles)
-        return LeanMinHash(signature)
+        mixed = _fmix32(np.frombuffer(hashes, dtype="<u4").astype(np.uint32))
+        return (mixed[:, None] * self._a + self._b).min(axis=0)
 
     def add(self, text: str) -> None:
-        signature = self._signature(text)
-        if signature is not None:
-            self._lsh.insert(len(self._signatures), signature)
-            self._signatures.append(signature)
-            self._texts.append(text)
+        signature = self.signature(text)
+        if signature is None:
+            return
+        index = len(self._texts)
+        if index == len(self._signatures):
+            self._signatures = np.concatenate([self._signatures, np.empty_like(self._signatures)])
+        self._signatures[index] = signature
+        self._texts.append(text)
+        for band, table in zip(self._bands, self._tables, strict=True):
+            key = signature[band].tobytes()
+            bucket = table.get(key)
+            if bucket is None:
+                table[key] = [index]
+            else:
+                bucket.append(index)
 
     def find_duplicate(self, text: str) -> Match | None:
-        signature = self._signature(text)
+        """The most similar text sharing a band, when its estimated Jaccard is above the threshold."""
+        signature = self.signature(text)
+        self._last = (text, signature)
         if signature is None:
             return None
-        best, best_index = -1.0, -1
-        for index in self._lsh.query(signature):
-            score = signature.jaccard(self._signatures[index])
-            if score > best or (score == best and index < best_index):
-                best, best_index = score, index
-        if best > self.threshold:
-            return best, self._texts[best_index]
-        return None
+        found = [bucket for band, table in zip(self._bands, self._tables, strict=True)
+                 if (bucket := table.get(signature[band].tobytes())) is not None]
+        if not found:
+            return None
+        candidates = np.unique(np.fromiter(chain.from_iterable(found), dtype=np.intp))
+        matches = np.count_nonzero(self._signatures[candidates] == signature, axis=1)
+        best = int(np.argmax(matches))  # the earliest added on a tie
+        score = float(matches[best]) / float(self.num_perm)
+        return (score, self._texts[candidates[best]]) if score > self.threshold else None
 
 
 def normalize(text: str) -> str:

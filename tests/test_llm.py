@@ -278,6 +278,20 @@ def test_nothing_more_is_sent_after_a_rejected_key(fake_server, tmp_path):
     assert len(fake_server.requests) <= 4
 
 
+def test_a_refusal_after_answers_is_a_request_failure_not_a_fatal_error(fake_server, tmp_path):
+    """A 404 on one request of an endpoint that has answered others costs that request only."""
+    fake_server.script = lambda body, n: Reply(status=404) if user_text(body) == "gone" else Reply(text="ok")
+
+    async def one_by_one():
+        async with LLM(options(fake_server, max_retries=0), tmp_path / "c.sqlite") as llm:
+            answers = [await llm.chat(ChatRequest([{"role": "user", "content": p}])) for p in ("first", "gone", "last")]
+            return answers, llm.stats
+
+    results, stats = asyncio.run(one_by_one())
+    assert [r.ok for r in results] == [True, False, True]
+    assert "HTTP 404" in results[1].error and stats.failed == 1
+
+
 def test_budget_reserves_requests_in_flight(fake_server, tmp_path):
     fake_server.latency = 0.05
     fake_server.script = lambda body, n: Reply(text="x", usage={"prompt_tokens": 0, "completion_tokens": 1000})

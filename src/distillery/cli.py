@@ -558,6 +558,9 @@ def self_instruct(
         [("tasks written", result.written), ("rejected", result.rejected), ("summary", result.summary_path)],
         result.stats,
     )
+    if result.failed:
+        err_console.print(f"{result.failed} request(s) failed after retries; see {result.failed_path}",
+                          highlight=False)
     if result.stopped:
         err_console.print(f"stopped: {result.stopped}. Re-run the same command to continue; "
                           "answers so far are cached.", highlight=False)

@@ -355,7 +355,7 @@ class LLM:
                 last_error, kind = f"HTTP {status}: {_short(message)}", f"http_{status}"
                 if status == 400 and self._token_limit_renamed(exc.message, sendable):
                     continue
-                if status in _FATAL_STATUS:
+                if status in _FATAL_STATUS and not self._ever_answered:
                     raise UserError(
                         f"{self.url} answered HTTP {status} ({_FATAL_STATUS[status]}) for model "
                         f"{self.options.model!r}: {_short(message)}"

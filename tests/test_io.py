@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pyarrow.parquet as pq
 import pytest
@@ -54,11 +55,11 @@ def test_json_list_and_jsonl_are_told_apart_by_content(tmp_path):
     [
         ("", "file is empty"),
         ('{"a": 1}\n[1]\n', "in.json:2: expected a JSON object"),
-        ('[{"a": 1},\n {"a": }]', "in.json:2: invalid JSON at byte"),
+        ('[{"a": 1},\n {"a": }]', "in.json:2: invalid JSON at byte 18 (column 8): Expecting value"),
         ("hello", "in.json:1: expected a JSON list"),
     ],
 )
 def test_errors_name_the_file_and_line(tmp_path, content, message):
     (tmp_path / "in.json").write_text(content)
-    with pytest.raises(InputError, match=message.replace("[", r"\[")):
+    with pytest.raises(InputError, match=re.escape(message)):
         list(iter_located(tmp_path / "in.json"))

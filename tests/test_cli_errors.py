@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from conftest import cli_env, cli_exe, run_cli
+from fake_openai import Reply
 from tiny_tokenizer import build_tiny_tokenizer
 
 GOOD = {"instruction": "Name three primary colors.", "input": "", "output": "Red, blue and yellow."}
@@ -130,13 +131,17 @@ def test_file_names_are_printed_as_they_are(fake_server, tmp_path, tokenizer, co
     assert_one_line_error(done, f"{odd}: no such file")
 
 
-def test_long_paths_are_not_wrapped_when_stderr_is_not_a_terminal(tmp_path):
-    deep = tmp_path.joinpath(*["a_rather_long_directory_name"] * 6)
+def test_long_paths_are_not_wrapped_when_stderr_is_not_a_terminal(fake_server, tmp_path):
+    fake_server.script = lambda body, n: Reply(status=500)
+    deep = tmp_path.joinpath(*["a_rather_long_directory_name"] * 4)
     deep.mkdir(parents=True)
-    missing = deep / "missing.jsonl"
-    done = run_cli("stats", str(missing), env=cli_env(COLUMNS="80"))
-    assert len(str(missing)) > 80
-    assert_one_line_error(done, f"{missing}: no such file")
+    source = deep / "in.json"
+    source.write_text(json.dumps([GOOD]))
+    done = run_cli("respond", str(source), "-o", str(deep / "out.json"), "--max-retries", "0",
+                   env=cli_env(fake_server, COLUMNS="80"))
+    failed = f"{deep / 'out.json'}.failed.jsonl"
+    assert done.returncode == 3 and len(failed) > 80
+    assert f"1 record(s) failed after retries; see {failed}\n" in done.stderr, done.stderr
 
 
 def test_a_lone_surrogate_in_an_answer_is_kept_as_a_replacement_character(fake_server, tmp_path):

@@ -431,8 +431,9 @@ def check_paths(inputs: Iterable[str | os.PathLike[str] | None], outputs: Iterab
             continue
         target = Path(target)
         check_output(target, inputs)
-        if any(os.path.abspath(target) == os.path.abspath(other) for other in seen):
-            raise UserError(f"{target}: given for two different outputs")
+        clash = [other for other in seen if os.path.abspath(target) == os.path.abspath(other)]
+        if clash:
+            raise UserError(f"{target}: is the same file as the output {clash[0]}; give each output its own file")
         seen.append(target)
 
 

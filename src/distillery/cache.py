@@ -16,7 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from distillery.io import sidecar
+from distillery.errors import UserError
+from distillery.io import check_output, sidecar
+from distillery.lock import lock_output
 
 _MIGRATIONS = [
     """
@@ -65,10 +67,34 @@ class CachedResponse:
     completion_tokens: int
 
 
+_DISK_PROBLEMS = ("disk is full", "readonly database", "unable to open database", "disk I/O error")
+
+
+def storage_error(connection: sqlite3.Connection, exc: sqlite3.OperationalError) -> Exception:
+    """A full or read-only disk under the state database is the user's to fix: one line naming the file.
+    Anything else stays the bug it is."""
+    if not any(problem in str(exc) for problem in _DISK_PROBLEMS):
+        return exc
+    try:
+        name = connection.execute("PRAGMA database_list").fetchone()[2]
+    except sqlite3.Error:
+        name = "the run's state database"
+    return UserError(f"{name}: cannot store the run's state: {exc}")
+
+
 def connect(path: str | Path) -> sqlite3.Connection:
     """Open (and migrate) a state database in WAL mode, safe against kill -9 between commits."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return _connect(path)
+    except sqlite3.OperationalError as exc:
+        if any(problem in str(exc) for problem in _DISK_PROBLEMS):
+            raise UserError(f"{path}: cannot store the run's state: {exc}") from None
+        raise
+
+
+def _connect(path: Path) -> sqlite3.Connection:
     connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     connection.execute("PRAGMA journal_mode=WAL")
     connection.execute("PRAGMA synchronous=NORMAL")
@@ -88,8 +114,11 @@ def state_path(output: str | Path) -> Path:
 
 
 def prepare_state(output: str | Path, fresh: bool) -> None:
-    """Called before a run opens its state: with --fresh, everything stored for OUTPUT (WAL side files too)
-    is forgotten, so the run starts over."""
+    """Called before a run opens its state (so before its first request): OUTPUT must be writable, and the
+    run takes OUTPUT's lock for the rest of the process, so a second run on the same output stops at once.
+    With --fresh, everything stored for OUTPUT (WAL side files too) is forgotten, so the run starts over."""
+    check_output(output)
+    lock_output(output)
     if fresh:
         path = state_path(output)
         for suffix in ("", "-wal", "-shm"):
@@ -107,6 +136,12 @@ class ResponseCache:
         return CachedResponse(*row) if row else None
 
     def put(self, key: str, model: str, canonical: str, response: CachedResponse) -> None:
+        try:
+            self._insert(key, model, canonical, response)
+        except sqlite3.OperationalError as exc:
+            raise storage_error(self.connection, exc) from None
+
+    def _insert(self, key: str, model: str, canonical: str, response: CachedResponse) -> None:
         self.connection.execute(
             "INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (

@@ -2,23 +2,28 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import inspect
+import shlex
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
 from typing import Annotated, Any
 
 import click
 import typer
 import typer.core
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from distillery.cost import RunStats
 from distillery.endpoint import EndpointOptions
-from distillery.errors import UserError
+from distillery.errors import INTERRUPTED, UserError
+from distillery.io import check_paths
+from distillery.progress import plain_console
 
 
 class _HelpTable(Table):
@@ -55,8 +60,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-err_console = Console(stderr=True)
-out_console = Console()
+err_console = plain_console(stderr=True)
+out_console = plain_console()
+_LLM_COMMANDS = ("respond", "self-instruct", "evol")
 
 
 _ENDPOINT_PANEL = "Endpoint (any OpenAI-compatible server)"
@@ -128,8 +134,18 @@ def print_run_summary(title: str, rows: list[tuple[str, object]], stats: RunStat
     out_console.print(table)
 
 
-def _finish(result: Any, noun: str) -> None:
+class RunInterrupted(Exception):
+    """A run stopped by Ctrl-C or SIGTERM after it saved what it had; carries what was kept."""
+
+
+def _stop_if_interrupted(result: Any, output: Path, noun: str) -> None:
+    if result.stopped == INTERRUPTED:
+        raise RunInterrupted(f"{result.written} {noun}(s) written to {output}, summary in {result.summary_path}")
+
+
+def _finish(result: Any, output: Path, noun: str) -> None:
     """Say what is missing from a run that answered records, then exit with its status (0, 3 or 4)."""
+    _stop_if_interrupted(result, output, noun)
     if result.failed:
         err_console.print(f"{result.failed} {noun}(s) failed after retries; see {result.failed_path}")
     if result.stopped:
@@ -168,6 +184,7 @@ def respond(
     Records whose request still fails after retries go to OUTPUT.failed.jsonl and the exit status is 3.
     Interrupted? Run the same command again: answered requests come from the cache for free.
     """
+    check_paths([input], [output])
     from distillery.respond import RespondOptions
     from distillery.respond import respond as run_respond
 
@@ -177,7 +194,7 @@ def respond(
         [("records written", result.written), ("failed", result.failed), ("summary", result.summary_path)],
         result.stats,
     )
-    _finish(result, "record")
+    _finish(result, output, "record")
 
 
 @app.command()
@@ -209,6 +226,7 @@ def report(
     Counts, length histograms, language mix, a verb/object sunburst, near-duplicates, a funnel of why
     records were dropped (from INPUT.summary.json / INPUT.rejected.jsonl) and a searchable sample.
     """
+    check_paths([*inputs, *(rejected or []), *(summary or [])], [output])
     from distillery.report import ReportOptions, build_report
 
     result = build_report(ReportOptions(
@@ -244,6 +262,7 @@ def convert(
         help="Where skipped records go (default: OUTPUT.rejected.jsonl).")] = None,
 ) -> None:
     """Convert records between Alpaca, ShareGPT and OpenAI messages, losslessly or not at all."""
+    check_paths([input], [output, rejected, dataset_info / "dataset_info.json" if dataset_info else None])
     from distillery.convert import ConvertOptions, convert_file
 
     result = convert_file(input, output, ConvertOptions(
@@ -279,6 +298,7 @@ def export(
                                           "--template.")] = False,
 ) -> None:
     """Tokenize conversations with assistant-only labels (-100 elsewhere), every label re-decoded and checked."""
+    check_paths([input], [output, rejected])
     from distillery.export import ExportFailed, ExportOptions, export_file
 
     options = ExportOptions(
@@ -315,6 +335,7 @@ def stats(
         "--json", help="Also write the statistics to this JSON file.")] = None,
 ) -> None:
     """Record count, turns, and prompt/response length distributions."""
+    check_paths([input], [json_path])
     from distillery.stats import DISTRIBUTIONS, StatsOptions, collect_stats
 
     result = collect_stats(input, StatsOptions(tokenizer=tokenizer, json_path=json_path))
@@ -384,6 +405,7 @@ def clean(
 ) -> None:
     """Clean raw ShareGPT conversations (Vicuna's recipe): HTML to markdown, strict rounds, filters,
     language, dedup and splitting, in parallel, with a reason for every dropped record."""
+    check_paths([input], [output, rejected])
     from distillery.clean import DEFAULT_BLOCKS, CleanOptions, parse_block, parse_codes
     from distillery.clean import clean as run_clean
 
@@ -445,6 +467,7 @@ def evol(
     Requests that still fail after retries go to OUTPUT.failed.jsonl and the exit status is 3.
     Interrupted, or stopped by --max-cost (exit status 4)? Run the same command again.
     """
+    check_paths([input], [output])
     from distillery.evol import METHODS, EvolOptions
     from distillery.evol import evol as run_evol
 
@@ -461,7 +484,7 @@ def evol(
     rows += [("failed requests", result.failed), ("replayed from the journal", result.replayed),
              ("summary", result.summary_path)]
     print_run_summary(f"evol → {output}", rows, result.stats)
-    _finish(result, "evolution")
+    _finish(result, output, "evolution")
 
 
 @app.command()
@@ -484,6 +507,7 @@ def dedup(
         metavar="FILE", help="Write each dropped record here with its score and most similar text.")] = None,
 ) -> None:
     """Drop near-duplicate instructions: Self-Instruct's ROUGE-L rule, exact, fast and right for Chinese."""
+    check_paths([input, *(against or [])], [output, rejected])
     from distillery.dedup import DedupOptions, dedup_file
 
     options = DedupOptions(method=method, threshold=threshold, field=field)
@@ -544,6 +568,7 @@ def self_instruct(
     Exit status 3 when the run stops early (requests keep failing, or answers stop yielding new tasks),
     4 when --max-cost is reached; OUTPUT then holds the tasks accepted so far.
     """
+    check_paths([None if seeds is None or seeds.startswith("builtin:") else seeds, template], [output])
     from distillery.self_instruct import SelfInstructOptions, generate
 
     result = generate(SelfInstructOptions(
@@ -561,19 +586,68 @@ def self_instruct(
     if result.failed:
         err_console.print(f"{result.failed} request(s) failed after retries; see {result.failed_path}",
                           highlight=False)
+    _stop_if_interrupted(result, output, "task")
     if result.stopped:
         err_console.print(f"stopped: {result.stopped}. Re-run the same command to continue; "
-                          "answers so far are cached.", highlight=False)
+                          "answers so far are cached.")
     raise typer.Exit(result.exit_code)
 
 
+_signal_received = [signal.SIGINT]
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM stops a run the way Ctrl-C does (asyncio's handler cancels the run, so it saves what it has)."""
+    _signal_received[0] = signal.SIGTERM
+    handler = signal.getsignal(signal.SIGINT)
+    if callable(handler):
+        handler(signal.SIGINT, frame)
+    else:
+        raise KeyboardInterrupt
+
+
+def _swallowed_interrupt(exc: SystemExit) -> bool:
+    """Typer turns Ctrl-C into a silent exit 130; the KeyboardInterrupt is still on the exception chain."""
+    exit_from = exc.__context__
+    return isinstance(exit_from, typer.Exit) and isinstance(exit_from.__cause__, KeyboardInterrupt)
+
+
+def _interrupted(kept: str | None) -> int:
+    """One line: what was kept and how to go on; the exit status says which signal (130 SIGINT, 143 SIGTERM)."""
+    signum = _signal_received[0]
+    args = sys.argv[1:]
+    if kept is None:
+        kept = "no output was written"
+        if args and args[0] in _LLM_COMMANDS:
+            kept += " (answers received so far are cached)"
+    resume = shlex.join(["distillery", *(arg for arg in args if arg != "--fresh")])
+    err_console.print(f"interrupted by {signal.Signals(signum).name}: {kept}. Resume with: {resume}")
+    return 128 + signum
+
+
 def main() -> None:
-    """Entry point: user errors become one line and exit status 2, bugs keep their traceback."""
+    """Entry point: user errors, interruptions and a full or read-only disk become one line and an exit
+    status; bugs keep their traceback."""
+    signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         app()
+        code = 0
+    except SystemExit as exc:
+        if not _swallowed_interrupt(exc):
+            raise
+        code = _interrupted(None)
     except UserError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        sys.exit(exc.exit_code)
+        err_console.print(Text.assemble(("error:", "bold red"), f" {exc}"))
+        code = exc.exit_code
+    except RunInterrupted as exc:
+        code = _interrupted(str(exc))
     except KeyboardInterrupt:
-        err_console.print("interrupted; re-run the same command to continue where it stopped")
-        sys.exit(130)
+        code = _interrupted(None)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM):
+            where = f"{exc.filename}: " if exc.filename else ""
+            err_console.print(Text.assemble(("error:", "bold red"), f" {where}{exc.strerror}"))
+            code = 2
+        else:
+            raise
+    sys.exit(code)

@@ -26,3 +26,7 @@ class InputError(UserError):
         self.path = path
         self.line = line
         self.record = record
+
+
+INTERRUPTED = "interrupted"
+"""The stop reason of a run ended by Ctrl-C or SIGTERM after it saved its output and summary."""

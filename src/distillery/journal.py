@@ -12,6 +12,8 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from distillery.cache import storage_error
+
 
 class Journal:
     def __init__(self, connection: sqlite3.Connection, stream: str = "accepted"):
@@ -19,10 +21,13 @@ class Journal:
         self.stream = stream
 
     def append(self, record: dict[str, Any]) -> None:
-        self.connection.execute(
-            "INSERT INTO journal (stream, record, created) VALUES (?, ?, ?)",
-            (self.stream, json.dumps(record, ensure_ascii=False), time.time()),
-        )
+        try:
+            self.connection.execute(
+                "INSERT INTO journal (stream, record, created) VALUES (?, ?, ?)",
+                (self.stream, json.dumps(record, ensure_ascii=False), time.time()),
+            )
+        except sqlite3.OperationalError as exc:
+            raise storage_error(self.connection, exc) from None
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         rows = self.connection.execute("SELECT record FROM journal WHERE stream = ? ORDER BY seq", (self.stream,))

@@ -41,7 +41,8 @@ from distillery.endpoint import (
     url_credentials,
     url_secrets,
 )
-from distillery.errors import UserError
+from distillery.errors import INTERRUPTED, UserError
+from distillery.io import valid_unicode
 from distillery.tokens import estimate_tokens
 
 __all__ = ["OPENAI_BASE_URL", "EndpointOptions", "LLM", "ChatRequest", "ChatResult", "BudgetReached"]
@@ -71,11 +72,14 @@ class BudgetReached(Exception):
 
 
 def run_within_budget(recipe: Coroutine[Any, Any, None]) -> str | None:
-    """Run a recipe's event loop; --max-cost ends it cleanly and the reason is returned, not raised."""
+    """Run a recipe's event loop; --max-cost, Ctrl-C and SIGTERM end it cleanly (asyncio cancels the run)
+    and the reason is returned, not raised, so the recipe still writes what it has and its summary."""
     try:
         asyncio.run(recipe)
     except BudgetReached as exc:
         return str(exc)
+    except KeyboardInterrupt:
+        return INTERRUPTED
     return None
 
 
@@ -401,6 +405,7 @@ class LLM:
         text = choice["message"].get("content")
         if not isinstance(text, str):
             raise ValueError(f"no message content (finish_reason={choice.get('finish_reason')})")
+        text = valid_unicode(text)
         usage = response.get("usage") or {}
         prompt_estimate = sum(estimate_tokens(str(message.get("content") or "")) for message in messages)
         if isinstance(usage.get("prompt_tokens"), int):
@@ -456,7 +461,8 @@ async def run_bounded(jobs: Iterable[T], worker: Callable[[T], Awaitable[None]],
     """Run `worker` over a possibly huge stream of jobs with at most `limit` alive at once.
 
     The first exception stops new jobs from starting; jobs already running finish (so their answers
-    reach the cache) and then the exception is raised.
+    reach the cache) and then the exception is raised. Cancelled (Ctrl-C, SIGTERM), it cancels the running
+    jobs and waits for them, so none outlives the client it uses.
     """
     pending: set[asyncio.Task[None]] = set()
     failure: BaseException | None = None
@@ -469,7 +475,13 @@ async def run_bounded(jobs: Iterable[T], worker: Callable[[T], Awaitable[None]],
             pending.add(asyncio.ensure_future(worker(job)))
         if not pending:
             break
-        done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        try:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+            raise
         failure = _first_failure(done)
     if pending:
         await asyncio.wait(pending)

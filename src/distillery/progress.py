@@ -1,4 +1,5 @@
-"""A live progress bar that shows rate, ETA, tokens and cost, and stays silent when not on a terminal."""
+"""A live progress bar that shows rate, ETA, tokens and cost, and stays silent when not on a terminal; and
+the consoles every command prints through."""
 
 from __future__ import annotations
 
@@ -14,6 +15,12 @@ from rich.progress import (
 )
 
 from distillery.cost import RunStats
+
+
+def plain_console(stderr: bool = False) -> Console:
+    """A console that prints user text as is: file names and records may hold `[red]` or `[/]`, which rich
+    markup would eat or choke on, and paths must not be broken across lines when output is not a terminal."""
+    return Console(stderr=stderr, markup=False, highlight=False, soft_wrap=stderr)
 
 
 class RunProgress:

@@ -288,3 +288,18 @@ def test_interrupt_before_any_output_is_one_line(tmp_path):
     assert stderr.strip().count("\n") == 0, stderr
     assert stderr.startswith(f"interrupted by SIGINT: no output was written. Resume with: distillery stats {source}")
     assert not out.exists()
+
+
+def test_ctrl_c_while_the_cli_is_still_starting_is_never_a_traceback(tmp_path):
+    """Interrupts land at many moments of start-up (interpreter, imports, argument parsing): each one ends
+    quietly with exit 130, or with the signal if Python had not started yet."""
+    source = tmp_path / "in.jsonl"
+    source.write_text(json.dumps(GOOD) + "\n")
+    for step in range(12):
+        victim = subprocess.Popen([cli_exe(), "stats", str(source)], stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE, text=True, env=cli_env())
+        time.sleep(0.03 * step)
+        victim.send_signal(signal.SIGINT)
+        stderr = victim.communicate(timeout=60)[1]
+        assert "Traceback" not in stderr, stderr
+        assert victim.returncode in (0, 130, -signal.SIGINT), (victim.returncode, stderr)

@@ -266,7 +266,7 @@ def test_nothing_more_is_sent_after_a_full_disk(fake_server, tmp_path):
             for number in itertools.count():
                 connection.execute("INSERT INTO responses VALUES (?, 'pad', '{}', '', NULL, 0, 0, 0)", (f"{number}",))
 
-    with pytest.raises(sqlite3.OperationalError, match="full"):
+    with pytest.raises(UserError, match="cannot store the run's state: database or disk is full"):
         run_all(options(fake_server, concurrency=8), tmp_path / "c.sqlite", [f"p{i}" for i in range(64)], fill_disk)
     assert len(fake_server.requests) == 8, "only the requests already in flight were paid for"
 

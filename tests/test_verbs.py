@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections import Counter
 
 import pytest
@@ -61,6 +64,30 @@ def test_english(text: str, verb: str | None, obj: str | None) -> None:
 )
 def test_chinese(text: str, verb: str | None, obj: str | None) -> None:
     assert verb_object(text) == (verb, obj)
+
+
+_TAGGER_PROBE = """
+import json, os, sys, tempfile
+from distillery.verbs import verb_object
+found = verb_object("写一首关于秋天的诗。")
+side_effects = {"pkg_resources": "pkg_resources" in sys.modules, "temp files": os.listdir(tempfile.gettempdir())}
+import jieba.posseg
+stock = jieba.Tokenizer()
+stock.initialize()
+ours = jieba.posseg.dt.tokenizer
+print(json.dumps({"found": found, **side_effects, "same words and counts": stock.FREQ == ours.FREQ,
+                  "same total": stock.total == ours.total}))
+"""
+
+
+def test_chinese_tagger_loads_jiebas_dictionary_without_its_cache(tmp_path):
+    """The prefix dictionary distillery builds is jieba's own, and loading it neither imports pkg_resources
+    nor writes jieba's cache into the temp directory (both cost start-up time)."""
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", _TAGGER_PROBE], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"found": ["写", "诗"], "pkg_resources": False, "temp files": [],
+                                       "same words and counts": True, "same total": True}
 
 
 @pytest.mark.parametrize(

@@ -41,6 +41,16 @@ _MIGRATIONS = [
         created REAL NOT NULL
     )
     """,
+    """
+    CREATE TABLE steps (
+        position INTEGER PRIMARY KEY,
+        name TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        done INTEGER NOT NULL DEFAULT 0,
+        stats TEXT,
+        updated REAL NOT NULL
+    )
+    """,
 ]
 
 

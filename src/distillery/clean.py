@@ -25,15 +25,15 @@ import hashlib
 import os
 import re
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from distillery.dedup import ExactIndex, MinHashIndex, normalize
 from distillery.errors import InputError, UserError
+from distillery.executor import cpu_count, ordered_map
 from distillery.html2md import clean_turn
 from distillery.io import iter_located, open_writer, sidecar, write_json
 from distillery.langid import (
@@ -44,7 +44,8 @@ from distillery.langid import (
     known_code,
     needs_heavy_model,
 )
-from distillery.pipeline import Filter, Record, StageStats, Step, run_pipeline
+from distillery.step import Filter, Record, Step, run_steps
+from distillery.summary import StageStats
 from distillery.tokens import TokenCounter
 
 HUMAN, GPT, SYSTEM = "human", "gpt", "system"
@@ -171,9 +172,7 @@ class CleanOptions:
 
     @property
     def process_count(self) -> int:
-        if self.workers:
-            return self.workers
-        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return self.workers or cpu_count()
 
 
 @dataclass
@@ -582,9 +581,13 @@ class RecordCleaner:
             stage.stats, stage.notes = StageStats(stage.name), Counter()
         outcomes: list[tuple[Record, str | None, str | None]] = []
         normalized = (normalize_record(raw, where, position) for position, where, raw in chunk)
+
+        def drop(record: Record, stage: str, reason: str, detail: object = None) -> None:
+            outcomes.append((record, stage, reason))
+
         try:
             # The steps are generators taking one record at a time, so drops and keeps arrive in input order.
-            for record in run_pipeline(normalized, self.stages, lambda *dropped: outcomes.append(dropped)):
+            for record in run_steps(normalized, self.stages, drop):
                 if self.detect_lang:
                     add_language(record, short_too=False, detector=self.detector)
                 record[PLAN_KEY] = self.splitter.plan(record)
@@ -619,23 +622,8 @@ def _chunks(located: Iterable[tuple[str, Record]], size: int) -> Iterator[list[t
 
 
 def run_chunks(chunks: Iterable[list[tuple[int, str, Record]]], options: CleanOptions) -> Iterator[ChunkResult]:
-    """Results in input order; at most two chunks per worker are in flight, so memory stays flat."""
-    workers = options.process_count
-    if workers == 1:
-        cleaner = RecordCleaner(options)
-        yield from map(cleaner.run, chunks)
-        return
-    pool = ProcessPoolExecutor(workers, initializer=_start_worker, initargs=(options,))
-    try:
-        window: deque = deque()
-        for chunk in chunks:
-            window.append(pool.submit(_run_chunk, chunk))
-            if len(window) >= 2 * workers:
-                yield window.popleft().result()
-        while window:
-            yield window.popleft().result()
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+    """Results in input order, through the executor's bounded process pool, so memory stays flat."""
+    yield from ordered_map(_run_chunk, chunks, options.process_count, _start_worker, (options,))
 
 
 class Dedup(Filter):
@@ -733,7 +721,7 @@ def clean(input_path: str | os.PathLike[str], output_path: str | os.PathLike[str
 
     with open_writer(output) as out, open_writer(rejected) as bin_:
 
-        def reject(record: Record, stage: str, reason: str) -> None:
+        def reject(record: Record, stage: str, reason: str, detail: object = None) -> None:
             record.pop(PLAN_KEY, None)
             bin_.write({**record, "stage": stage, "reason": reason})
 
@@ -749,7 +737,7 @@ def clean(input_path: str | os.PathLike[str], output_path: str | os.PathLike[str
                     else:
                         reject(record, stage, reason)
 
-        out.write_all(run_pipeline(cleaned(), parent_steps, reject))
+        out.write_all(run_steps(cleaned(), parent_steps, reject))
         if read.seen == 0:
             raise InputError(input_path, "holds no records")
     stages = [stage_summary(read)]

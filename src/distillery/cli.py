@@ -70,7 +70,7 @@ app = typer.Typer(
 )
 err_console = plain_console(stderr=True)
 out_console = plain_console()
-_LLM_COMMANDS = ("respond", "self-instruct", "evol")
+_LLM_COMMANDS = ("respond", "self-instruct", "evol", "run")
 
 
 _ENDPOINT_PANEL = "Endpoint (any OpenAI-compatible server)"
@@ -94,10 +94,12 @@ _ENDPOINT_FLAGS: dict[str, tuple[type, str, str]] = {
 }
 
 
-def endpoint_command(**defaults: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def endpoint_command(given_only: bool = False, **defaults: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Give a command the shared endpoint flags and hand it one EndpointOptions as `endpoint`.
 
-    Recipes pass their own defaults (Self-Instruct samples at temperature 1.0, for instance).
+    Recipes pass their own defaults (Self-Instruct samples at temperature 1.0, for instance). With
+    `given_only`, every flag defaults to unset and `endpoint` is a dict of the flags given, so a pipeline's
+    own endpoint options stay in force wherever the command line says nothing.
     """
     base = EndpointOptions(**defaults)
 
@@ -106,7 +108,7 @@ def endpoint_command(**defaults: Any) -> Callable[[Callable[..., Any]], Callable
         own = [p for p in signature.parameters.values() if p.name != "endpoint"]
         added = []
         for name, (kind, flag, help_text) in _ENDPOINT_FLAGS.items():
-            default = getattr(base, name)
+            default = (False if kind is bool else None) if given_only else getattr(base, name)
             option = typer.Option(
                 flag, help=help_text, rich_help_panel=_ENDPOINT_PANEL, show_default=default is not None
             )
@@ -117,8 +119,10 @@ def endpoint_command(**defaults: Any) -> Callable[[Callable[..., Any]], Callable
 
         @functools.wraps(command)
         def wrapper(**values: Any) -> Any:
-            endpoint = EndpointOptions(**{**defaults, **{name: values.pop(name) for name in _ENDPOINT_FLAGS}})
-            return command(endpoint=endpoint, **values)
+            given = {name: values.pop(name) for name in _ENDPOINT_FLAGS}
+            if given_only:
+                return command(endpoint={k: v for k, v in given.items() if v not in (None, False)}, **values)
+            return command(endpoint=EndpointOptions(**{**defaults, **given}), **values)
 
         wrapper.__signature__ = signature.replace(parameters=own + added)  # type: ignore[attr-defined]
         del wrapper.__wrapped__
@@ -598,6 +602,80 @@ def self_instruct(
     if result.stopped:
         err_console.print(f"stopped: {result.stopped}. Re-run the same command to continue; "
                           "answers so far are cached.")
+    raise typer.Exit(result.exit_code)
+
+
+@app.command("run")
+@endpoint_command(given_only=True)
+def run_pipeline(
+    pipeline: Annotated[str | None, typer.Argument(
+        help="A bundled pipeline's name (see --list) or a pipeline YAML file.")] = None,
+    inputs: Annotated[list[Path] | None, typer.Option(
+        "--input", "-i", metavar="FILE", help="A record file for the pipeline's `read` step (repeatable).")] = None,
+    output: Annotated[Path | None, typer.Option(
+        "-o", "--output", help="The run directory: dataset.jsonl, the export's files, summary.json, "
+                               "rejected.jsonl, report.html and a folder per step \\[default: runs/PIPELINE].")] = None,
+    sets: Annotated[list[str] | None, typer.Option(
+        "--set", metavar="STEP.OPTION=VALUE", help="Override one step option, e.g. --set dedup.threshold=0.8 or "
+                                                   "--set respond.endpoint.model=gpt-4o (repeatable).")] = None,
+    workers: Annotated[int, typer.Option(help="Processes for CPU-bound steps; 0 means all cores.")] = 1,
+    list_: Annotated[bool, typer.Option("--list", help="List the bundled pipelines and exit.")] = False,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Print the steps, their options and an estimate of requests, tokens and cost; run "
+                          "nothing.")] = False,
+    endpoint: dict[str, Any] | None = None,
+) -> None:
+    """Make a whole dataset in one resumable job: run a pipeline of steps into a run directory.
+
+    Interrupted (Ctrl-C, kill -9, --max-cost)? Run the same command again: finished steps are reused, no
+    answered request is sent again. Changing a step's option reruns that step and those after it.
+    Endpoint options apply to every LLM step unless the pipeline gives a step its own.
+    """
+    from distillery.pipeline import bundled, describe, load_pipeline
+
+    if list_:
+        table = Table(title="bundled pipelines", title_justify="left", show_lines=True)
+        table.add_column("name")
+        table.add_column("what it makes", overflow="fold")
+        for name, text in bundled().items():
+            table.add_row(name, text)
+        out_console.print(table)
+        return
+    if pipeline is None:
+        raise UserError("name a pipeline (distillery run --list shows the bundled ones) or give a YAML file")
+    loaded = load_pipeline(pipeline, sets or [])
+    if dry_run:
+        for step, rows in describe(loaded):
+            table = Table(title=f"step {step}", title_justify="left", show_header=False)
+            for name, value, help_text in rows:
+                table.add_row(name, repr(value), help_text)
+            out_console.print(table)
+        for estimate in loaded.estimate(inputs or [], endpoint):
+            guess = " (assuming 512 completion tokens per answer; set max_tokens)" if estimate.assumed_completion \
+                else ""
+            out_console.print(
+                f"{estimate.step}: model {estimate.model}, at most {estimate.requests:,} requests, about "
+                f"{estimate.prompt_tokens:,} prompt and {estimate.completion_tokens:,} completion tokens{guess}, "
+                f"about ${estimate.cost_usd:.4f}", highlight=False)
+        return
+    run_dir = output or Path("runs") / loaded.name
+    result = loaded.run(run_dir, inputs or [], endpoint, workers=workers, progress=True)
+    table = Table(title=f"{loaded.name} → {run_dir}", title_justify="left")
+    for column in ("step", "in", "out", "dropped", "requests sent / cached / failed", "cost (USD)", "seconds"):
+        table.add_column(column, justify="left" if column in ("step", "dropped") else "right", overflow="fold")
+    for stage in result.summary.stages:
+        reused = " (reused)" if stage.stage in result.reused else ""
+        table.add_row(stage.stage + reused, f"{stage.seen:,}", f"{stage.kept:,}",
+                      ", ".join(f"{reason} {n:,}" for reason, n in stage.dropped.items()),
+                      f"{stage.sent} / {stage.cached} / {stage.failed}", f"{stage.cost_usd:.4f}",
+                      f"{stage.seconds:.1f}")
+    out_console.print(table)
+    if result.incomplete:
+        err_console.print("some requests failed after retries (see rejected.jsonl, reason request_failed); "
+                          "run the same command again to retry them")
+    if result.stopped:
+        err_console.print(f"stopped: {result.stopped}. Run the same command again to continue; answers so far "
+                          "are kept.", highlight=False)
     raise typer.Exit(result.exit_code)
 
 

@@ -7,7 +7,7 @@ already answered and still produces a complete, ordered file.
 
 from __future__ import annotations
 
-import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,16 +16,9 @@ from distillery.cache import prepare_state, state_path
 from distillery.cost import RunStats
 from distillery.errors import InputError
 from distillery.io import file_format, iter_located, sidecar, write_json, write_records
-from distillery.llm import (
-    LLM,
-    ChatRequest,
-    ChatResult,
-    EndpointOptions,
-    exit_status,
-    run_bounded,
-    run_within_budget,
-)
-from distillery.progress import RunProgress
+from distillery.llm import ChatRequest, ChatResult, EndpointOptions, exit_status
+from distillery.llm_step import LLMRun, LLMStep, Rejected, answer_records
+from distillery.step import Record, option
 
 
 @dataclass
@@ -51,14 +44,19 @@ class RespondResult:
         return exit_status(bool(self.failed), bool(self.stopped))
 
 
+def check_alpaca(record: dict[str, Any], where: str) -> None:
+    """An Alpaca record respond can answer: `instruction` text, and `input` a string when present."""
+    instruction = record.get("instruction")
+    if not isinstance(instruction, str) or not instruction.strip():
+        raise InputError(where, "record has no 'instruction' text")
+    if not isinstance(record.get("input", ""), str):
+        raise InputError(where, "'input' must be a string")
+
+
 def load_alpaca(path: Path) -> list[dict[str, Any]]:
     records = []
     for where, record in iter_located(path):
-        instruction = record.get("instruction")
-        if not isinstance(instruction, str) or not instruction.strip():
-            raise InputError(where, "record has no 'instruction' text")
-        if not isinstance(record.get("input", ""), str):
-            raise InputError(where, "'input' must be a string")
+        check_alpaca(record, where)
         records.append(record)
     if not records:
         raise InputError(path, "holds no records")
@@ -76,62 +74,58 @@ def build_request(record: dict[str, Any], system: str | None) -> ChatRequest:
     return ChatRequest(messages)
 
 
+@dataclass
+class RespondStepOptions:
+    system: str | None = option(None, "System prompt sent before every instruction.")
+    endpoint: dict[str, Any] = option({}, "Endpoint options for this step only (model, temperature...).")
+
+
+class Respond(LLMStep):
+    """The step: one request per Alpaca record, whose answer becomes `output`."""
+
+    name = "respond"
+    Options = RespondStepOptions
+
+    def run(self, records: Iterable[Record]) -> Iterator[Record]:
+        def checked() -> Iterator[Record]:
+            for number, record in enumerate(records, start=1):
+                check_alpaca(record, f"{self.name} input record {number}")
+                yield record
+
+        yield from super().run(checked())
+
+    def requests(self, record: Record) -> list[ChatRequest]:
+        return [build_request(record, self.options.system)]
+
+    def parse(self, record: Record, answers: list[ChatResult]) -> list[Record] | Rejected:
+        return [{**record, "output": answers[0].text}]
+
+
 def respond(options: RespondOptions, progress: bool = True) -> RespondResult:
-    """Answer every record; the API behind `distillery respond`."""
+    """Answer every record; the API behind `distillery respond`, a one-step pipeline over `Respond`
+    whose state is the cache beside OUTPUT."""
     file_format(options.output)
     endpoint = options.endpoint.resolve()
     records = load_alpaca(options.input)
     prepare_state(options.output, endpoint.fresh)
-    stats = RunStats()
-    started = time.monotonic()
-    results: dict[int, ChatResult] = {}
-    stopped = run_within_budget(_answer_all(options, endpoint, records, stats, results, progress))
-    return _write_outputs(options, endpoint, records, results, stats, time.monotonic() - started, stopped)
-
-
-async def _answer_all(
-    options: RespondOptions,
-    endpoint: EndpointOptions,
-    records: list[dict[str, Any]],
-    stats: RunStats,
-    results: dict[int, ChatResult],
-    progress: bool,
-) -> None:
-    async with LLM(endpoint, state_path(options.output), stats) as llm:
-        with RunProgress("respond", len(records), stats, enabled=progress) as bar:
-
-            async def answer(index: int) -> None:
-                results[index] = await llm.chat(build_request(records[index], options.system))
-                bar.advance()
-
-            await run_bounded(range(len(records)), answer, limit=llm.options.concurrency * 2)
+    run = answer_records(Respond(system=options.system), records, state_path(options.output), endpoint,
+                         progress=progress)
+    return _write_outputs(options, endpoint, records, run)
 
 
 def _write_outputs(
-    options: RespondOptions,
-    endpoint: EndpointOptions,
-    records: list[dict[str, Any]],
-    results: dict[int, ChatResult],
-    stats: RunStats,
-    seconds: float,
-    stopped: str | None,
+    options: RespondOptions, endpoint: EndpointOptions, records: list[dict[str, Any]], run: LLMRun
 ) -> RespondResult:
-    answered, failed = [], []
-    for index, record in enumerate(records):
-        result = results.get(index)
-        if result is None:
-            continue
-        if result.ok:
-            answered.append({**record, "output": result.text})
-        else:
-            failed.append({**record, "error": result.error})
+    answered = [out for index in sorted(run.outputs) for out in run.outputs[index]]
+    failed = [{**records[index], "error": error} for index, error in sorted(run.failed.items())]
     failed_path = sidecar(options.output, ".failed.jsonl")
     write_records(options.output, answered)
     if failed:
         write_records(failed_path, failed, layout="jsonl")
     else:
         failed_path.unlink(missing_ok=True)
-    pending = len(records) - len(results)
+    pending = run.pending(len(records))
+    stats, stopped = run.stats, run.stopped
     summary_path = sidecar(options.output, ".summary.json")
     write_json(
         summary_path,
@@ -145,7 +139,7 @@ def _write_outputs(
             "failed": len(failed),
             "pending": pending,
             "stopped": stopped,
-            "seconds": round(seconds, 3),
+            "seconds": round(run.seconds, 3),
             "requests": stats.as_dict(),
         },
     )

@@ -1,0 +1,201 @@
+"""The LLM step: a recipe says which chat requests a record needs and what the answers make of it.
+
+Everything else is here, once: the event loop, bounded concurrency, the response cache and the journal
+(both in the run state), retries and the budget (in `llm.LLM`), and progress. A recipe never touches an
+event loop or a database connection. Records come out in input order whatever order answers arrive in.
+
+A record whose request fails after its retries is dropped as `request_failed` (with the error) and the
+step is left unfinished, so a re-run retries just those; `--max-cost` stops the step cleanly and the
+records not yet answered are pending. With a journal stream, each record's outcome is committed as it
+is decided, so a re-run replays decided records without even looking at the cache.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import json
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from distillery.cost import RunStats
+from distillery.errors import UserError
+from distillery.llm import LLM, ChatRequest, ChatResult, EndpointOptions, run_bounded, run_within_budget
+from distillery.progress import RunProgress
+from distillery.state import RunState
+from distillery.step import Record, Step, coerce
+
+# What an endpoint option changes in the answers; the rest (concurrency, timeouts, budget) does not.
+_ANSWER_SHAPING = ("model", "base_url", "temperature", "top_p", "max_tokens", "seed")
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """`parse` returns this to drop a record, with a reason and an optional detail."""
+
+    reason: str
+    detail: Any = None
+
+
+@dataclass
+class LLMRun:
+    """What answering a list of records gave, index by index."""
+
+    outputs: dict[int, list[Record]] = field(default_factory=dict)
+    rejected: dict[int, Rejected] = field(default_factory=dict)
+    failed: dict[int, str] = field(default_factory=dict)
+    stats: RunStats = field(default_factory=RunStats)
+    stopped: str | None = None
+    replayed: int = 0
+    seconds: float = 0.0
+
+    def pending(self, total: int) -> int:
+        return total - len(self.outputs) - len(self.rejected) - len(self.failed)
+
+
+class LLMStep(Step):
+    """Subclasses define `requests(record)` and `parse(record, answers)`; `Options` may hold an `endpoint`
+    mapping whose keys override the run's endpoint options for this step only."""
+
+    name = "llm"
+    barrier = True  # answers come back in any order; records leave in input order
+    endpoint_defaults: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, options: Any = None, /, endpoint: EndpointOptions | None = None, **values: Any) -> None:
+        super().__init__(options, **values)
+        self.endpoint = endpoint
+        self.llm_stats = RunStats()
+
+    def requests(self, record: Record) -> list[ChatRequest]:
+        raise NotImplementedError
+
+    def parse(self, record: Record, answers: list[ChatResult]) -> list[Record] | Rejected:
+        raise NotImplementedError
+
+    def resolved_endpoint(self) -> EndpointOptions:
+        """This step's endpoint: its own if given, else the run's, with the recipe's defaults under both."""
+        base = self.endpoint or (self.context.endpoint if self.context else None) or EndpointOptions()
+        own = endpoint_values(getattr(self.options, "endpoint", None) or {}, f"{self.name}.endpoint")
+        unset = {k: v for k, v in self.endpoint_defaults.items() if getattr(base, k) is None}
+        return dataclasses.replace(base, **unset, **own).resolve()
+
+    def fingerprint(self) -> str:
+        endpoint = self.resolved_endpoint()
+        shaping = {name: getattr(endpoint, name) for name in _ANSWER_SHAPING}
+        return hashlib.sha256(json.dumps([super().fingerprint(), shaping]).encode()).hexdigest()[:16]
+
+    def run(self, records: Iterable[Record]) -> Iterator[Record]:
+        assert self.context is not None and self.context.state is not None, "an LLM step runs inside an executor"
+        items = list(records)
+        result = answer_records(
+            self, items, self.context.state, self.resolved_endpoint(), self.context.stream, self.context.progress
+        )
+        self.record_stats(result)
+        if result.stopped:
+            self.context.stopped = result.stopped
+        if result.failed or result.stopped:
+            self.complete = False
+            self.context.incomplete = self.context.incomplete or bool(result.failed)
+        for index, record in enumerate(items):
+            if index in result.outputs:
+                yield from result.outputs[index]
+            elif index in result.rejected:
+                self.drop(record, result.rejected[index].reason, result.rejected[index].detail)
+            elif index in result.failed:
+                self.drop(record, "request_failed", result.failed[index])
+
+    def record_stats(self, result: LLMRun) -> None:
+        stats, self.llm_stats = result.stats, result.stats
+        self.stats.sent += stats.sent
+        self.stats.cached += stats.cached
+        self.stats.failed += stats.failed
+        self.stats.prompt_tokens += stats.prompt_tokens
+        self.stats.completion_tokens += stats.completion_tokens
+        self.stats.cost_usd += stats.cost_usd
+        self.stats.notes["replayed"] += result.replayed
+        if result.stopped:
+            self.stats.notes["pending"] += result.pending(self.stats.seen)
+
+
+def endpoint_values(values: dict[str, Any], where: str) -> dict[str, Any]:
+    """Endpoint options from a pipeline file or `--set` (often strings), typed as EndpointOptions says."""
+    fields = {f.name: f for f in dataclasses.fields(EndpointOptions)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise UserError(f"{where}: no endpoint option {unknown[0]!r} (options: {', '.join(fields)})")
+    return {name: coerce(value, fields[name], where) for name, value in values.items()}
+
+
+def answer_records(
+    step: LLMStep,
+    records: list[Record],
+    state: RunState | Path,
+    endpoint: EndpointOptions,
+    journal: str = "",
+    progress: bool = False,
+) -> LLMRun:
+    """Answer every record through `step`; `state` is the run state, or a state file path (one command's
+    cache beside its output). With `journal`, outcomes are committed per record and replayed on re-run."""
+    started = time.monotonic()
+    result = LLMRun()
+    owned = isinstance(state, Path)
+    run_state = RunState(state, lock=False) if owned else state
+    try:
+        if journal:
+            for entry in run_state.replay(journal):
+                _settle(result, entry["i"], entry)
+            result.replayed = len(result.outputs) + len(result.rejected)
+        todo = [i for i in range(len(records)) if i not in result.outputs and i not in result.rejected]
+        result.stopped = run_within_budget(
+            _answer_all(step, records, todo, run_state, endpoint, journal, result, progress)
+        )
+    finally:
+        if owned:
+            run_state.close()
+    result.seconds = time.monotonic() - started
+    return result
+
+
+async def _answer_all(
+    step: LLMStep,
+    records: list[Record],
+    todo: list[int],
+    state: RunState,
+    endpoint: EndpointOptions,
+    journal: str,
+    result: LLMRun,
+    progress: bool,
+) -> None:
+    async with LLM(endpoint, state.path, result.stats) as llm:
+        with RunProgress(step.name, len(records), result.stats, enabled=progress) as bar:
+            bar.advance(len(records) - len(todo))
+
+            async def answer(index: int) -> None:
+                record = records[index]
+                answers = await asyncio.gather(*(llm.chat(request) for request in step.requests(record)))
+                errors = [answer.error for answer in answers if not answer.ok]
+                if errors:
+                    result.failed[index] = errors[0]
+                else:
+                    parsed = step.parse(record, list(answers))
+                    entry: dict[str, Any] = (
+                        {"i": index, "reason": parsed.reason, "detail": parsed.detail}
+                        if isinstance(parsed, Rejected) else {"i": index, "records": parsed}
+                    )
+                    if journal:
+                        state.append(journal, entry)
+                    _settle(result, index, entry)
+                bar.advance()
+
+            await run_bounded(todo, answer, limit=llm.options.concurrency * 2)
+
+
+def _settle(result: LLMRun, index: int, entry: dict[str, Any]) -> None:
+    if "records" in entry:
+        result.outputs[index] = entry["records"]
+    else:
+        result.rejected[index] = Rejected(entry["reason"], entry.get("detail"))

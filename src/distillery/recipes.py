@@ -1,0 +1,295 @@
+"""The recipes as steps: thin wrappers, each recipe's logic stays in its own module.
+
+Step names are the names pipeline files and `--set` use: `read`, `respond`, `clean`, `dedup`, `convert`,
+`export`, `stats`, `report`. Recipes whose module works on files (clean, export, stats, report) read the
+previous step's output file, which the executor has just written, rather than a second copy.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from distillery.errors import InputError, UserError
+from distillery.io import iter_located, iter_records
+from distillery.respond import Respond
+from distillery.step import GlobalStep, Map, Record, Source, option
+
+# --- read --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ReadOptions:
+    files: list[str] = option([], "Record files to read (JSON, JSONL or Parquet); default: the run's --input files.")
+
+
+class Read(Source):
+    """Records from files: the pipeline's own `files`, else the run's `--input` files."""
+
+    name = "read"
+    Options = ReadOptions
+
+    def paths(self) -> list[Path]:
+        given = [Path(p) for p in self.options.files]
+        if not given and self.context is not None:
+            given = list(self.context.inputs)
+        if not given:
+            raise UserError(f"step {self.name!r} has no files to read: give --input FILE (repeatable)")
+        return given
+
+    def identity(self) -> Any:
+        """Files by name, size and modification time: an edited input reruns everything after it."""
+        found = []
+        for path in self.paths():
+            try:
+                info = os.stat(path)
+            except OSError:
+                raise InputError(path, "no such file") from None
+            found.append([str(Path(path).resolve()), info.st_size, info.st_mtime_ns])
+        return found
+
+    def records(self) -> Iterator[Record]:
+        for path in self.paths():
+            count = 0
+            for _, record in iter_located(path):
+                count += 1
+                yield record
+            if not count:
+                raise InputError(path, "holds no records")
+
+
+# --- clean -------------------------------------------------------------------------------------------------
+
+
+class FileStep(GlobalStep):
+    """A barrier whose recipe reads a file: it gets the upstream step's output file, already complete."""
+
+    def run(self, records: Iterable[Record]) -> Iterator[Record]:
+        for _ in records:  # counted by the base class; the recipe reads the same records from the file
+            pass
+        assert self.context is not None, "a file step runs inside an executor"
+        if self.context.upstream is None:
+            raise UserError(f"step {self.name!r} needs records before it: put a `read` step first")
+        yield from self.run_file(self.context.upstream, self.context.step_dir)
+
+    def run_file(self, upstream: Path, folder: Path) -> Iterator[Record]:
+        raise NotImplementedError
+
+
+@dataclass
+class CleanStepOptions:
+    on_bad_roles: str = option("cut", "At the first break of human/gpt alternation: cut or drop.")
+    min_chars: int = option(16, "Drop conversations with fewer characters in total.")
+    block: list[str] = option([], "Extra blocked phrases, gpt:PHRASE, human:PHRASE or any:PHRASE.")
+    default_blocks: bool = option(True, "Block ChatGPT refusals, moralizing and error pages.")
+    drop_repeated_digits: bool = option(False, "Drop turns with a digit repeated 9+ times.")
+    drop_restarted_lists: bool = option(True, "Drop answers whose numbered lists restart at 1.")
+    detect_lang: bool = option(True, "Detect each conversation's language into `lang`.")
+    lang: list[str] = option([], "Keep only these languages (ISO 639-1).")
+    skip_lang: list[str] = option([], "Drop these languages.")
+    exact_dedup: bool = option(True, "Drop repeats of an earlier first round.")
+    near_dup: float | None = option(None, "Also drop first user turns this similar (MinHash Jaccard).")
+    max_tokens: int = option(2048, "Split longer conversations at round boundaries (Vicuna's split).")
+    tokenizer: str | None = option(None, "Count tokens with this tokenizer; default: an estimate.")
+    template_tokens: int = option(6, "Tokens allowed per turn for the chat template's role markers.")
+    long_round: str = option("drop", "A single round longer than max_tokens: drop or truncate.")
+    neutralize_special: bool = option(True, "Defuse literal </s>, <|im_end|> and similar strings.")
+
+
+class Clean(FileStep):
+    """Vicuna's ShareGPT cleaning and split (`clean.clean`), its per-stage counts kept in the step folder."""
+
+    name = "clean"
+    Options = CleanStepOptions
+
+    def clean_options(self) -> Any:
+        from distillery.clean import DEFAULT_BLOCKS, CleanOptions, parse_block, parse_codes
+
+        o = self.options
+        return CleanOptions(
+            workers=self.context.workers if self.context else 1, on_bad_roles=o.on_bad_roles,
+            min_chars=o.min_chars,
+            blocks=(DEFAULT_BLOCKS if o.default_blocks else ()) + tuple(parse_block(spec) for spec in o.block),
+            repeated_digits=o.drop_repeated_digits, restarted_lists=o.drop_restarted_lists,
+            detect_lang=o.detect_lang, langs=parse_codes(o.lang), skip_langs=parse_codes(o.skip_lang),
+            exact_dedup=o.exact_dedup, near_dup=o.near_dup, max_tokens=o.max_tokens, tokenizer=o.tokenizer,
+            template_tokens=o.template_tokens, long_round=o.long_round, neutralize_special=o.neutralize_special,
+        )
+
+    def run_file(self, upstream: Path, folder: Path) -> Iterator[Record]:
+        from distillery.clean import clean
+
+        output, rejected = folder / "clean.jsonl", folder / "clean.rejected.jsonl"
+        report = clean(upstream, output, self.clean_options(), rejected)
+        for stage in report.stages:
+            for name, count in stage["notes"].items():
+                self.stats.notes[f"{stage['stage']}.{name}"] += count
+        for record in iter_records(rejected):
+            stage, reason = record.pop("stage"), record.pop("reason")
+            self.drop(record, reason, {"stage": stage})
+        yield from iter_records(output)
+
+
+# --- dedup -------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DedupStepOptions:
+    method: str = option("rouge-l", "rouge-l (exact Self-Instruct rule), minhash (approximate) or exact.")
+    threshold: float | None = option(None, "Drop above this score (default 0.7 for rouge-l, 0.8 for minhash).")
+    field: str = option("instruction", "Alpaca field compared; chats use their first user turn.")
+    num_perm: int = option(128, "MinHash permutations.")
+    against: list[str] = option([], "Files whose records are compared with but never written.")
+
+
+class Dedup(GlobalStep):
+    """Near-duplicate filtering (`dedup.dedup_records`): every record against all earlier kept ones."""
+
+    name = "dedup"
+    Options = DedupStepOptions
+
+    def run(self, records: Iterable[Record]) -> Iterator[Record]:
+        from distillery.dedup import DedupOptions, dedup_records, pool_texts
+
+        o = self.options
+        options = DedupOptions(method=o.method, threshold=o.threshold, field=o.field, num_perm=o.num_perm)
+        pool = pool_texts(o.against, o.field)
+        yield from dedup_records(records, pool, options, lambda dup: self.drop(
+            dup.record, dup.reason, {"score": dup.score, "most_similar": dup.most_similar}))
+
+
+# --- convert -----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ConvertStepOptions:
+    to: str = option("sharegpt", "Target format: alpaca, sharegpt or openai.")
+    skip_invalid: bool = option(False, "Drop records that cannot be converted losslessly instead of stopping.")
+
+
+class Convert(Map):
+    """Alpaca / ShareGPT / OpenAI conversion (`formats.convert_record`), lossless or not at all."""
+
+    name = "convert"
+    Options = ConvertStepOptions
+    cpu_bound = True
+
+    def __init__(self, options: Any = None, /, **values: Any) -> None:
+        super().__init__(options, **values)
+        from distillery.convert import ConvertOptions
+
+        ConvertOptions(to=self.options.to)  # a bad target fails here, before any record is read
+        self.number = 0
+
+    def map(self, record: Record) -> Iterable[Record]:
+        from distillery.formats import convert_record
+
+        self.number += 1
+        try:
+            return [convert_record(record, self.options.to, f"{self.name} record {self.number}")]
+        except InputError as exc:
+            if not self.options.skip_invalid:
+                raise
+            self.drop(record, "unconvertible", str(exc))
+            return []
+
+
+# --- export ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ExportStepOptions:
+    format: str = option("sharegpt", "Format of the LLaMA-Factory data file: alpaca, sharegpt or openai.")
+    name: str = option("dataset", "Name of the data file and of its dataset_info.json entry.")
+    tokenizer: str | None = option(None, "Also write tokenized examples with verified loss masks "
+                                         "(tokenizer.json or HF directory).")
+    template: str = option("auto", "Chat template for tokenized examples.")
+    max_length: int | None = option(None, "Longest tokenized example.")
+    overlong: str = option("truncate", "Over max_length: truncate at a turn boundary, or drop.")
+    train_on: str = option("all-assistant", "all-assistant or last-assistant turns get labels.")
+    skip_invalid: bool = option(False, "Leave out records that fail the label self-check instead of failing.")
+
+
+class Export(FileStep):
+    """The run's training files: `data/NAME.json` with `data/dataset_info.json` for LLaMA-Factory (via
+    `convert`), and with a tokenizer `NAME.tokenized.parquet` (via `export`). Records pass through."""
+
+    name = "export"
+    Options = ExportStepOptions
+
+    def run_file(self, upstream: Path, folder: Path) -> Iterator[Record]:
+        from distillery.convert import ConvertOptions, convert_file
+        from distillery.export import ExportOptions, export_file
+
+        assert self.context is not None
+        o = self.options
+        data = self.context.run_dir / "data"
+        converted = convert_file(upstream, data / f"{o.name}.json", ConvertOptions(
+            to=o.format, rejected=folder / "convert.rejected.jsonl", dataset_info=data, name=o.name))
+        self.stats.notes["data_records"] += converted.written
+        if o.tokenizer:
+            result = export_file(upstream, self.context.run_dir / f"{o.name}.tokenized.parquet", ExportOptions(
+                tokenizer=o.tokenizer, template=o.template, max_length=o.max_length, overlong=o.overlong,
+                train_on=o.train_on, skip_invalid=o.skip_invalid, rejected=folder / "export.rejected.jsonl"))
+            self.stats.notes["examples"] += result.written
+            self.stats.notes["truncated"] += result.truncated
+            self.stats.notes["dropped_overlong"] += result.dropped_overlong
+            self.stats.notes["failed_self_check"] += result.invalid
+            self.stats.notes["trained_tokens"] += result.trained_tokens
+        yield from iter_records(upstream)
+
+
+# --- stats and report --------------------------------------------------------------------------------------
+
+
+@dataclass
+class StatsStepOptions:
+    tokenizer: str | None = option(None, "Count tokens of this tokenizer; default: words.")
+
+
+class Stats(FileStep):
+    """Record, turn and length statistics (`stats.collect_stats`) into the step folder's stats.json."""
+
+    name = "stats"
+    Options = StatsStepOptions
+
+    def run_file(self, upstream: Path, folder: Path) -> Iterator[Record]:
+        from distillery.stats import StatsOptions, collect_stats
+
+        collect_stats(upstream, StatsOptions(tokenizer=self.options.tokenizer, json_path=folder / "stats.json"))
+        yield from iter_records(upstream)
+
+
+@dataclass
+class ReportStepOptions:
+    title: str = option("distillery report", "Page title.")
+    tokenizer: str | None = option(None, "Count lengths in tokens of this tokenizer; default: words.")
+    sample: int = option(1000, "Records in the examples table.")
+    dup_sample: int = option(2000, "Instructions compared all-pairs by ROUGE-L.")
+    lang_sample: int = option(2000, "Records whose language is detected.")
+    seed: int = option(0, "Seed of the random samples.")
+
+
+class Report(FileStep):
+    """RUN/report.html over the run's current dataset, its summary and its rejections (`report`)."""
+
+    name = "report"
+    Options = ReportStepOptions
+
+    def run_file(self, upstream: Path, folder: Path) -> Iterator[Record]:
+        from distillery.report import ReportOptions, build_report
+
+        assert self.context is not None
+        run = self.context.run_dir
+        o = self.options
+        build_report(ReportOptions(
+            inputs=[run / "dataset.jsonl"], output=run / "report.html", tokenizer=o.tokenizer, sample=o.sample,
+            dup_sample=o.dup_sample, lang_sample=o.lang_sample, rejected=[run / "rejected.jsonl"],
+            summaries=[run / "summary.json"], title=o.title, seed=o.seed))
+        yield from iter_records(upstream)
+
+
+STEPS: dict[str, type] = {step.name: step for step in (Read, Respond, Clean, Dedup, Convert, Export, Stats, Report)}

@@ -1,0 +1,126 @@
+"""One run state per run directory: the response cache, each step's journal and the run's metadata.
+
+Everything a run must remember across a kill -9 lives in one SQLite file (WAL, committed per write), in
+the schema of `cache.py`: `responses` (every answer received), `journal` (records accepted, one stream per
+step) and `steps` (each step's fingerprint, done marker and statistics). The file is
+`RUN/state/{shard}.sqlite`, so a shard of a distributed run can own its own file and nothing is shared
+between writers. The run holds an exclusive lock on `RUN/state/` for its whole life, so a second run on
+the same directory stops at once instead of paying for the same requests twice.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from distillery.cache import ResponseCache, connect
+from distillery.errors import UserError
+from distillery.summary import StageStats
+
+LOCAL_SHARD = "local"
+
+
+def state_file(run_dir: str | Path, shard: str = LOCAL_SHARD) -> Path:
+    return Path(run_dir) / "state" / f"{shard}.sqlite"
+
+
+class RunState:
+    """A run's memory; steps reach it only through the executor and the LLM step, never directly."""
+
+    def __init__(self, path: str | Path, lock: bool = True):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = _lock(self.path.parent) if lock else None
+        self.connection: sqlite3.Connection = connect(self.path)
+        self.cache = ResponseCache(self.connection)
+
+    @classmethod
+    def for_run(cls, run_dir: str | Path, shard: str = LOCAL_SHARD) -> RunState:
+        return cls(state_file(run_dir, shard))
+
+    def close(self) -> None:
+        self.connection.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the descriptor releases the flock
+            self._lock_fd = None
+
+    def __enter__(self) -> RunState:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # --- journal: records a step accepted, committed one by one -----------------------------------------
+
+    def append(self, stream: str, record: Any) -> None:
+        self.connection.execute(
+            "INSERT INTO journal (stream, record, created) VALUES (?, ?, ?)",
+            (stream, json.dumps(record, ensure_ascii=False), time.time()),
+        )
+
+    def replay(self, stream: str) -> Iterator[Any]:
+        rows = self.connection.execute("SELECT record FROM journal WHERE stream = ? ORDER BY seq", (stream,))
+        for (text,) in rows.fetchall():
+            yield json.loads(text)
+
+    def clear(self, stream: str) -> None:
+        self.connection.execute("DELETE FROM journal WHERE stream = ?", (stream,))
+
+    # --- steps: fingerprints and done markers ------------------------------------------------------------
+
+    def done_stats(self, position: int, name: str, fingerprint: str) -> StageStats | None:
+        """The statistics of step `position` if it finished with this very fingerprint, else None."""
+        row = self.connection.execute(
+            "SELECT name, fingerprint, done, stats FROM steps WHERE position = ?", (position,)
+        ).fetchone()
+        if row is None or tuple(row[:3]) != (name, fingerprint, 1):
+            return None
+        return StageStats.from_dict(json.loads(row[3]))
+
+    def start(self, position: int, name: str, fingerprint: str) -> None:
+        """Step `position` is about to run: it and every later step are no longer done. A changed
+        fingerprint also drops the step's journal, which belonged to other options."""
+        with self.connection:
+            self.connection.execute("BEGIN")
+            row = self.connection.execute("SELECT fingerprint FROM steps WHERE position = ?", (position,)).fetchone()
+            if row is not None and row[0] != fingerprint:
+                self.connection.execute("DELETE FROM journal WHERE stream = ?", (_stream(position, name),))
+            self.connection.execute("UPDATE steps SET done = 0 WHERE position >= ?", (position,))
+            self.connection.execute(
+                "INSERT OR REPLACE INTO steps VALUES (?, ?, ?, 0, NULL, ?)", (position, name, fingerprint, time.time())
+            )
+
+    def finish(self, position: int, stats: StageStats) -> None:
+        self.connection.execute(
+            "UPDATE steps SET done = 1, stats = ?, updated = ? WHERE position = ?",
+            (json.dumps(stats.as_dict(), ensure_ascii=False), time.time(), position),
+        )
+
+    @staticmethod
+    def journal_stream(position: int, name: str) -> str:
+        return _stream(position, name)
+
+
+def _stream(position: int, name: str) -> str:
+    return f"step:{position}:{name}"
+
+
+def _lock(directory: Path) -> int:
+    """flock on DIR/lock: released by the kernel however the holder ends, so a killed run never blocks."""
+    path = directory / "lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
+        os.close(fd)
+        raise UserError(f"{directory.parent}: another run is using this run directory ({holder})") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()}\n".encode(), 0)
+    return fd

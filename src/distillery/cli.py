@@ -121,7 +121,8 @@ def endpoint_command(given_only: bool = False, **defaults: Any) -> Callable[[Cal
         def wrapper(**values: Any) -> Any:
             given = {name: values.pop(name) for name in _ENDPOINT_FLAGS}
             if given_only:
-                return command(endpoint={k: v for k, v in given.items() if v not in (None, False)}, **values)
+                return command(endpoint={k: v for k, v in given.items() if v is not None and v is not False},
+                               **values)
             return command(endpoint=EndpointOptions(**{**defaults, **given}), **values)
 
         wrapper.__signature__ = signature.replace(parameters=own + added)  # type: ignore[attr-defined]
@@ -656,7 +657,7 @@ def run_pipeline(
             out_console.print(
                 f"{estimate.step}: model {estimate.model}, at most {estimate.requests:,} requests, about "
                 f"{estimate.prompt_tokens:,} prompt and {estimate.completion_tokens:,} completion tokens{guess}, "
-                f"about ${estimate.cost_usd:.4f}", highlight=False)
+                f"about ${estimate.cost_usd:.4f}", highlight=False, soft_wrap=True)
         return
     run_dir = output or Path("runs") / loaded.name
     result = loaded.run(run_dir, inputs or [], endpoint, workers=workers, progress=True)

@@ -223,16 +223,14 @@ class LocalExecutor:
         if not (step.cpu_bound and self.workers > 1):
             yield from step(records)
             return
-        sink, step.reject = step.reject, None
         chunks = _chunks(records, self.chunk_size)
         for kept, drops, stats in ordered_map(_run_step_chunk, chunks, self.workers, _start_step_worker,
                                               (pickle.dumps(step),)):
             step.stats = step.stats + stats
             for record, reason, detail in drops:
-                if sink is not None:
-                    sink(record, step.name, reason, detail)
+                if step.reject is not None:
+                    step.reject(record, step.name, reason, detail)
             yield from kept
-        step.reject = sink
 
     def _publish(
         self, steps: list[Step], stats: list[StageStats | None], run_dir: Path, result: RunResult,

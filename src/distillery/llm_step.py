@@ -59,16 +59,17 @@ class LLMRun:
 
 class LLMStep(Step):
     """Subclasses define `requests(record)` and `parse(record, answers)`; `Options` may hold an `endpoint`
-    mapping whose keys override the run's endpoint options for this step only."""
+    mapping whose keys override the run's endpoint options for this step only (a cheap model evolves, a
+    strong one answers)."""
 
     name = "llm"
     barrier = True  # answers come back in any order; records leave in input order
     endpoint_defaults: ClassVar[dict[str, Any]] = {}
 
-    def __init__(self, options: Any = None, /, endpoint: EndpointOptions | None = None, **values: Any) -> None:
+    def __init__(self, options: Any = None, /, **values: Any) -> None:
         super().__init__(options, **values)
-        self.endpoint = endpoint
         self.llm_stats = RunStats()
+        endpoint_values(getattr(self.options, "endpoint", None) or {}, f"{self.name}.endpoint")  # fail early
 
     def requests(self, record: Record) -> list[ChatRequest]:
         raise NotImplementedError
@@ -77,8 +78,8 @@ class LLMStep(Step):
         raise NotImplementedError
 
     def resolved_endpoint(self) -> EndpointOptions:
-        """This step's endpoint: its own if given, else the run's, with the recipe's defaults under both."""
-        base = self.endpoint or (self.context.endpoint if self.context else None) or EndpointOptions()
+        """The run's endpoint with this step's own options over it, and the recipe's defaults under both."""
+        base = (self.context.endpoint if self.context else None) or EndpointOptions()
         own = endpoint_values(getattr(self.options, "endpoint", None) or {}, f"{self.name}.endpoint")
         unset = {k: v for k, v in self.endpoint_defaults.items() if getattr(base, k) is None}
         return dataclasses.replace(base, **unset, **own).resolve()

@@ -285,10 +285,12 @@ class Report(FileStep):
         assert self.context is not None
         run = self.context.run_dir
         o = self.options
+        rejected = run / "rejected.jsonl"
         build_report(ReportOptions(
             inputs=[run / "dataset.jsonl"], output=run / "report.html", tokenizer=o.tokenizer, sample=o.sample,
-            dup_sample=o.dup_sample, lang_sample=o.lang_sample, rejected=[run / "rejected.jsonl"],
-            summaries=[run / "summary.json"], title=o.title, seed=o.seed))
+            dup_sample=o.dup_sample, lang_sample=o.lang_sample,
+            rejected=[rejected] if rejected.stat().st_size else [], summaries=[run / "summary.json"],
+            title=o.title, seed=o.seed))
         yield from iter_records(upstream)
 
 

@@ -11,8 +11,9 @@ for a batch of records at a time; medians and p90s are nearest-rank, as `stats` 
 
 Rejections are read from files beside INPUT: `INPUT.summary.json` (a run summary) and
 `INPUT.rejected.jsonl` (one dropped record per line), or from the files named by `--summary` and
-`--rejected`. A summary holding a list of stages `{stage, in, out, dropped: {reason: n}}` (as
-`pipeline.StageStats.as_dict` writes, anywhere in the document) gives the funnel; a summary with a
+`--rejected`. A summary in the one schema of `summary.py` (what `distillery run` and every step write)
+is read by its own reader. Older command summaries are still recognised: one holding a list of stages
+`{stage, in, out, dropped: {reason: n}}` anywhere in the document gives the funnel; a summary with a
 top-level `rejected` or `dropped` map of reason to count gives a one-stage funnel; otherwise the funnel is
 rebuilt from the rejected file, stages in order of first appearance, from each line's `stage` (or
 `round`) and `reason` (or `rule`).
@@ -46,6 +47,8 @@ from distillery.html2md import clean_turn
 from distillery.io import iter_located, read_text, sidecar, write_text
 from distillery.langid import DEFAULT_DETECTOR, DETECTORS, conversation_sample, detect_languages
 from distillery.stats import LengthCounter, length_counter, summarize
+from distillery.summary import SCHEMA as SUMMARY_SCHEMA
+from distillery.summary import Summary
 from distillery.verbs import verb_object
 
 FIELDS = ("instruction", "input", "output")
@@ -420,7 +423,10 @@ def _rejections(profile: Profile, summary: Path | None, rejected: Path | None) -
         return None
     doc = _read_summary(summary) if summary else None
     by_stage, examples = _read_rejected(rejected) if rejected else ({}, {})
-    stages = _stage_list(doc)
+    if isinstance(doc, dict) and doc.get("schema") == SUMMARY_SCHEMA:
+        stages = [Stage(s.stage, s.seen, s.kept, dict(s.dropped)) for s in Summary.from_dict(doc, summary).stages]
+    else:
+        stages = _stage_list(doc)
     if not stages and isinstance(doc, dict) and _reason_map(doc):
         reasons = _reason_map(doc)
         kept = next((v for k in ("accepted", "kept", "out") if (v := _int(doc.get(k))) is not None),

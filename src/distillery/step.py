@@ -84,6 +84,10 @@ class Step:
         self.context: Context | None = None
         self.complete = True  # False: ran, but left work for a re-run (failed requests), so not marked done
 
+    def __getstate__(self) -> dict[str, Any]:
+        """What a worker process gets: the step without its run (state connection, rejection sink)."""
+        return {**self.__dict__, "context": None, "reject": None}
+
     def bind(self, context: Context) -> None:
         self.context = context
 

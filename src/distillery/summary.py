@@ -44,6 +44,9 @@ class StageStats:
     cost_usd: float = 0.0
     seconds: float = 0.0
 
+    def __post_init__(self) -> None:
+        self.dropped, self.notes = Counter(self.dropped), Counter(self.notes)
+
     def __add__(self, other: StageStats) -> StageStats:
         if other.stage != self.stage:
             raise ValueError(f"cannot add stage {other.stage!r} to stage {self.stage!r}")

@@ -17,7 +17,7 @@ from tiny_tokenizer import CHATML_JINJA, build_tiny_tokenizer
 
 from distillery.executor import LocalExecutor
 from distillery.pipeline import Pipeline, load_pipeline
-from distillery.recipes import Convert, Dedup, Read
+from distillery.recipes import Convert, Dedup, Export, Read, Stats
 from distillery.report import ReportOptions, collect
 from distillery.step import Filter
 from distillery.summary import SCHEMA, StageStats, Summary
@@ -274,3 +274,13 @@ def test_failed_requests_leave_the_llm_step_unfinished_for_a_rerun(fake_server, 
     assert again.returncode == 0, again.stderr
     assert [r["id"] for r in read_jsonl(tmp_path / "run" / "dataset.jsonl")] == list(range(6))
     assert len(fake_server.requests) == 7  # five answers came back from the journal, one was retried
+
+
+def test_a_run_whose_records_are_all_dropped_finishes_empty(tmp_path):
+    instructions(tmp_path / "in.jsonl", 5)
+    pipeline = Pipeline([Read(), Dedup(against=[str(tmp_path / "in.jsonl")]), Export(), Stats()])
+    result = pipeline.run(tmp_path / "run", inputs=[tmp_path / "in.jsonl"])
+    assert result.exit_code == 0 and result.records == 0
+    assert (tmp_path / "run" / "dataset.jsonl").read_text() == ""
+    assert len(read_jsonl(tmp_path / "run" / "rejected.jsonl")) == 5
+    assert result.summary.stages[2].notes == {"nothing_to_do": 1}

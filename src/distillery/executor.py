@@ -123,6 +123,12 @@ class RunResult:
         return exit_status(self.incomplete, bool(self.stopped))
 
 
+def stored_records(path: Path) -> Iterator[Record]:
+    """Records a step wrote (JSONL, possibly none at all: every record may have been dropped)."""
+    if path.stat().st_size:
+        yield from iter_records(path)
+
+
 def step_dir(run_dir: Path, position: int, step: Step) -> Path:
     return run_dir / "steps" / f"{position:02d}-{step.name}"
 
@@ -201,7 +207,7 @@ class LocalExecutor:
 
     def _run_group(self, steps: list[Step], group: list[int], upstream: Path | None, run_dir: Path) -> None:
         """Stream the upstream records through the group's steps, teeing each step's output to its folder."""
-        stream: Iterable[Record] = iter_records(upstream) if upstream is not None else iter(())
+        stream: Iterable[Record] = stored_records(upstream) if upstream is not None else iter(())
         spent: list[float] = []
         with ExitStack() as stack:
             for index in group:

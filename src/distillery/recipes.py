@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from distillery.errors import InputError, UserError
-from distillery.io import iter_located, iter_records
+from distillery.executor import stored_records
+from distillery.io import iter_located
 from distillery.respond import Respond
 from distillery.step import GlobalStep, Map, Record, Source, option
 
@@ -73,6 +74,9 @@ class FileStep(GlobalStep):
         assert self.context is not None, "a file step runs inside an executor"
         if self.context.upstream is None:
             raise UserError(f"step {self.name!r} needs records before it: put a `read` step first")
+        if not self.stats.seen:  # every record was dropped upstream: nothing to clean, export or describe
+            self.stats.notes["nothing_to_do"] += 1
+            return
         yield from self.run_file(self.context.upstream, self.context.step_dir)
 
     def run_file(self, upstream: Path, folder: Path) -> Iterator[Record]:
@@ -127,10 +131,10 @@ class Clean(FileStep):
         for stage in report.stages:
             for name, count in stage["notes"].items():
                 self.stats.notes[f"{stage['stage']}.{name}"] += count
-        for record in iter_records(rejected):
+        for record in stored_records(rejected):
             stage, reason = record.pop("stage"), record.pop("reason")
             self.drop(record, reason, {"stage": stage})
-        yield from iter_records(output)
+        yield from stored_records(output)
 
 
 # --- dedup -------------------------------------------------------------------------------------------------
@@ -239,7 +243,7 @@ class Export(FileStep):
             self.stats.notes["dropped_overlong"] += result.dropped_overlong
             self.stats.notes["failed_self_check"] += result.invalid
             self.stats.notes["trained_tokens"] += result.trained_tokens
-        yield from iter_records(upstream)
+        yield from stored_records(upstream)
 
 
 # --- stats and report --------------------------------------------------------------------------------------
@@ -260,7 +264,7 @@ class Stats(FileStep):
         from distillery.stats import StatsOptions, collect_stats
 
         collect_stats(upstream, StatsOptions(tokenizer=self.options.tokenizer, json_path=folder / "stats.json"))
-        yield from iter_records(upstream)
+        yield from stored_records(upstream)
 
 
 @dataclass
@@ -291,7 +295,7 @@ class Report(FileStep):
             dup_sample=o.dup_sample, lang_sample=o.lang_sample,
             rejected=[rejected] if rejected.stat().st_size else [], summaries=[run / "summary.json"],
             title=o.title, seed=o.seed))
-        yield from iter_records(upstream)
+        yield from stored_records(upstream)
 
 
 STEPS: dict[str, type] = {step.name: step for step in (Read, Respond, Clean, Dedup, Convert, Export, Stats, Report)}

@@ -68,7 +68,6 @@ class LLMStep(Step):
 
     def __init__(self, options: Any = None, /, **values: Any) -> None:
         super().__init__(options, **values)
-        self.llm_stats = RunStats()
         endpoint_values(getattr(self.options, "endpoint", None) or {}, f"{self.name}.endpoint")  # fail early
 
     def requests(self, record: Record) -> list[ChatRequest]:
@@ -110,7 +109,7 @@ class LLMStep(Step):
                 self.drop(record, "request_failed", result.failed[index])
 
     def record_stats(self, result: LLMRun) -> None:
-        stats, self.llm_stats = result.stats, result.stats
+        stats = result.stats
         self.stats.sent += stats.sent
         self.stats.cached += stats.cached
         self.stats.failed += stats.failed

@@ -184,6 +184,8 @@ def _apply_set(assignment: str, entries: list[tuple[str, dict[str, Any]]], steps
     if target is None:
         raise UserError(f"--set {assignment!r}: this pipeline has no step {parts[0]!r} "
                         f"(its steps: {', '.join(step for step, _ in entries)})")
+    if parts[1] == "endpoint" and len(parts) == 2:
+        raise UserError(f"--set {assignment!r}: set one endpoint option, e.g. --set {parts[0]}.endpoint.model=NAME")
     if len(parts) == 3 and parts[1] == "endpoint":
         target["endpoint"] = {**target.get("endpoint", {}), parts[2]: value}
     elif len(parts) == 2:

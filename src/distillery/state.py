@@ -15,12 +15,12 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from distillery.cache import ResponseCache, connect
 from distillery.errors import UserError
+from distillery.journal import Journal
 from distillery.summary import StageStats
 
 LOCAL_SHARD = "local"
@@ -59,18 +59,10 @@ class RunState:
     # --- journal: records a step accepted, committed one by one -----------------------------------------
 
     def append(self, stream: str, record: Any) -> None:
-        self.connection.execute(
-            "INSERT INTO journal (stream, record, created) VALUES (?, ?, ?)",
-            (stream, json.dumps(record, ensure_ascii=False), time.time()),
-        )
+        Journal(self.connection, stream).append(record)
 
-    def replay(self, stream: str) -> Iterator[Any]:
-        rows = self.connection.execute("SELECT record FROM journal WHERE stream = ? ORDER BY seq", (stream,))
-        for (text,) in rows.fetchall():
-            yield json.loads(text)
-
-    def clear(self, stream: str) -> None:
-        self.connection.execute("DELETE FROM journal WHERE stream = ?", (stream,))
+    def replay(self, stream: str) -> list[Any]:
+        return list(Journal(self.connection, stream))
 
     # --- steps: fingerprints and done markers ------------------------------------------------------------
 

@@ -135,6 +135,9 @@ def test_changing_an_export_option_reruns_only_export_and_after(fake_server, tmp
     assert again.returncode == 0
     assert json.loads((run / "summary.json").read_text())["reused"] == ["read", "dedup", "respond", "export",
                                                                          "report"]
+    fresh = run_cli(*args, "--fresh", env=cli_env(fake_server))
+    assert fresh.returncode == 0
+    assert json.loads((run / "summary.json").read_text())["reused"] == [] and len(fake_server.requests) == 24
 
 
 def test_report_reads_the_run_summary_and_rejections(fake_server, tmp_path):
@@ -179,12 +182,16 @@ def test_bad_overrides_are_one_line_exit_2(fake_server, tmp_path, args, expected
     assert not fake_server.requests
 
 
-def test_list_and_unknown_pipeline(tmp_path):
+def test_list_unknown_pipeline_and_a_file_as_run_directory(tmp_path):
     listed = run_cli("run", "--list")
     assert listed.returncode == 0 and "vicuna" in listed.stdout and "alpaca-gpt4" in listed.stdout
     unknown = run_cli("run", "nosuch", "-o", str(tmp_path / "run"))
     assert unknown.returncode == 2 and "no pipeline named 'nosuch'" in unknown.stderr
     assert not (tmp_path / "run").exists()
+    (tmp_path / "taken").write_text("mine")
+    taken = run_cli("run", "vicuna", "-i", str(RAW_SHAREGPT), "-o", str(tmp_path / "taken"))
+    assert taken.returncode == 2 and "is a file; the run's output is a directory" in taken.stderr
+    assert (tmp_path / "taken").read_text() == "mine"
 
 
 def test_a_second_run_on_the_same_directory_is_refused(tmp_path):

@@ -646,6 +646,7 @@ def run_pipeline(
         raise UserError("name a pipeline (distillery run --list shows the bundled ones) or give a YAML file")
     loaded = load_pipeline(pipeline, sets or [])
     if dry_run:
+        out_console.print(f"{loaded.name}: {loaded.description}", highlight=False, soft_wrap=True)
         for step, rows in describe(loaded):
             table = Table(title=f"step {step}", title_justify="left", show_header=False)
             for name, value, help_text in rows:

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from distillery.errors import UserError
 from distillery.io import iter_records, open_writer
 from distillery.llm import EndpointOptions, exit_status
 from distillery.state import RunState
@@ -166,8 +167,12 @@ class LocalExecutor:
     ) -> RunResult:
         """Run (or resume) the steps into RUN; returns what happened, with the exit status to use."""
         run_dir = Path(run_dir)
+        if run_dir.exists() and not run_dir.is_dir():
+            raise UserError(f"{run_dir} is a file; the run's output is a directory (-o DIR)")
         run_dir.mkdir(parents=True, exist_ok=True)
         with RunState.for_run(run_dir) as state:
+            if endpoint is not None and endpoint.fresh:
+                state.forget()
             fingerprints = self.bind(steps, run_dir, [Path(p) for p in inputs], endpoint, state)
             stats: list[StageStats | None] = [None] * len(steps)
             result = RunResult(run_dir, Summary(), 0)

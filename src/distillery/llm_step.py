@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 from distillery.cost import RunStats
 from distillery.errors import UserError
@@ -64,7 +64,6 @@ class LLMStep(Step):
 
     name = "llm"
     barrier = True  # answers come back in any order; records leave in input order
-    endpoint_defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, options: Any = None, /, **values: Any) -> None:
         super().__init__(options, **values)
@@ -77,11 +76,10 @@ class LLMStep(Step):
         raise NotImplementedError
 
     def resolved_endpoint(self) -> EndpointOptions:
-        """The run's endpoint with this step's own options over it, and the recipe's defaults under both."""
+        """The run's endpoint with this step's own options over it."""
         base = (self.context.endpoint if self.context else None) or EndpointOptions()
         own = endpoint_values(getattr(self.options, "endpoint", None) or {}, f"{self.name}.endpoint")
-        unset = {k: v for k, v in self.endpoint_defaults.items() if getattr(base, k) is None}
-        return dataclasses.replace(base, **unset, **own).resolve()
+        return dataclasses.replace(base, **own).resolve()
 
     def fingerprint(self) -> str:
         endpoint = self.resolved_endpoint()

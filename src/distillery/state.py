@@ -56,6 +56,13 @@ class RunState:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
+    def forget(self) -> None:
+        """--fresh: every answer, journal entry and finished step of this run is forgotten."""
+        with self.connection:
+            self.connection.execute("BEGIN")
+            for table in ("responses", "journal", "steps"):
+                self.connection.execute(f"DELETE FROM {table}")
+
     # --- journal: records a step accepted, committed one by one -----------------------------------------
 
     def append(self, stream: str, record: Any) -> None:

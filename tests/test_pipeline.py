@@ -291,3 +291,28 @@ def test_a_run_whose_records_are_all_dropped_finishes_empty(tmp_path):
     assert (tmp_path / "run" / "dataset.jsonl").read_text() == ""
     assert len(read_jsonl(tmp_path / "run" / "rejected.jsonl")) == 5
     assert result.summary.stages[2].notes == {"nothing_to_do": 1}
+
+
+@pytest.mark.parametrize(("command", "step", "command_only", "step_only"), [
+    ("clean", "clean", {"input", "output", "rejected", "workers", "chunk_size"}, set()),
+    ("dedup", "dedup", {"input", "output", "rejected"}, {"num_perm"}),
+    ("convert", "convert", {"input", "output", "rejected", "dataset_info", "name"}, set()),
+    ("export", "export", {"input", "output", "rejected", "allow_template_mismatch"}, {"format", "name"}),
+    ("stats", "stats", {"input", "json_path"}, set()),
+    ("report", "report", {"inputs", "output", "rejected", "summary"}, set()),
+])
+def test_step_options_match_their_commands_flags(command, step, command_only, step_only):
+    """A pipeline file and the command line take the same options with the same defaults."""
+    import dataclasses
+    import inspect
+
+    from distillery import cli
+    from distillery.recipes import STEPS
+
+    flags = {name: p.default for name, p in inspect.signature(getattr(cli, command)).parameters.items()}
+    options = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+               for f in dataclasses.fields(STEPS[step].Options)}
+    assert set(flags) - command_only == set(options) - step_only
+    for name in set(flags) - command_only:
+        if flags[name] is not inspect.Parameter.empty:  # a flag the command requires has no default to match
+            assert options[name] == flags[name] or (options[name] == [] and flags[name] is None), name

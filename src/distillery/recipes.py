@@ -92,15 +92,19 @@ class CleanStepOptions:
     drop_repeated_digits: bool = option(False, "Drop turns with a digit repeated 9+ times.")
     drop_restarted_lists: bool = option(True, "Drop answers whose numbered lists restart at 1.")
     detect_lang: bool = option(True, "Detect each conversation's language into `lang`.")
+    lang_detector: str = option("fasttext", "Language identifier: fasttext or lingua.")
     lang: list[str] = option([], "Keep only these languages (ISO 639-1).")
     skip_lang: list[str] = option([], "Drop these languages.")
     exact_dedup: bool = option(True, "Drop repeats of an earlier first round.")
     near_dup: float | None = option(None, "Also drop first user turns this similar (MinHash Jaccard).")
+    num_perm: int = option(128, "MinHash permutations for near_dup.")
     max_tokens: int = option(2048, "Split longer conversations at round boundaries (Vicuna's split).")
     tokenizer: str | None = option(None, "Count tokens with this tokenizer; default: an estimate.")
     template_tokens: int = option(6, "Tokens allowed per turn for the chat template's role markers.")
     long_round: str = option("drop", "A single round longer than max_tokens: drop or truncate.")
     neutralize_special: bool = option(True, "Defuse literal </s>, <|im_end|> and similar strings.")
+    openai_filter: bool = option(True, "Drop conversations that mention OpenAI or ChatGPT (FastChat's rule).")
+    plugins_filter: bool = option(True, "Drop conversations held with ChatGPT plugins.")
 
 
 class Clean(FileStep):
@@ -118,9 +122,11 @@ class Clean(FileStep):
             min_chars=o.min_chars,
             blocks=(DEFAULT_BLOCKS if o.default_blocks else ()) + tuple(parse_block(spec) for spec in o.block),
             repeated_digits=o.drop_repeated_digits, restarted_lists=o.drop_restarted_lists,
-            detect_lang=o.detect_lang, langs=parse_codes(o.lang), skip_langs=parse_codes(o.skip_lang),
-            exact_dedup=o.exact_dedup, near_dup=o.near_dup, max_tokens=o.max_tokens, tokenizer=o.tokenizer,
-            template_tokens=o.template_tokens, long_round=o.long_round, neutralize_special=o.neutralize_special,
+            detect_lang=o.detect_lang, lang_detector=o.lang_detector, langs=parse_codes(o.lang),
+            skip_langs=parse_codes(o.skip_lang), exact_dedup=o.exact_dedup, near_dup=o.near_dup,
+            num_perm=o.num_perm, max_tokens=o.max_tokens, tokenizer=o.tokenizer, template_tokens=o.template_tokens,
+            long_round=o.long_round, neutralize_special=o.neutralize_special, openai_filter=o.openai_filter,
+            plugins_filter=o.plugins_filter,
         )
 
     def run_file(self, upstream: Path, folder: Path) -> Iterator[Record]:
@@ -274,6 +280,7 @@ class ReportStepOptions:
     sample: int = option(1000, "Records in the examples table.")
     dup_sample: int = option(2000, "Instructions compared all-pairs by ROUGE-L.")
     lang_sample: int = option(2000, "Records whose language is detected.")
+    lang_detector: str = option("fasttext", "Language identifier: fasttext or lingua.")
     seed: int = option(0, "Seed of the random samples.")
 
 
@@ -294,7 +301,7 @@ class Report(FileStep):
             inputs=[run / "dataset.jsonl"], output=run / "report.html", tokenizer=o.tokenizer, sample=o.sample,
             dup_sample=o.dup_sample, lang_sample=o.lang_sample,
             rejected=[rejected] if rejected.stat().st_size else [], summaries=[run / "summary.json"],
-            title=o.title, seed=o.seed))
+            title=o.title, seed=o.seed, lang_detector=o.lang_detector))
         yield from stored_records(upstream)
 
 

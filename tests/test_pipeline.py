@@ -316,3 +316,24 @@ def test_step_options_match_their_commands_flags(command, step, command_only, st
     for name in set(flags) - command_only:
         if flags[name] is not inspect.Parameter.empty:  # a flag the command requires has no default to match
             assert options[name] == flags[name] or (options[name] == [] and flags[name] is None), name
+
+
+def test_a_pipeline_file_runs_and_its_mistakes_are_one_line(tmp_path):
+    instructions(tmp_path / "in.jsonl", 8, repeats=2)
+    recipe = tmp_path / "mine.yaml"
+    recipe.write_text("description: mine\nsteps:\n  - read\n  - dedup: {method: exact}\n"
+                      "  - convert: {to: openai}\n  - stats\n")
+    done = run_cli("run", str(recipe), "-i", str(tmp_path / "in.jsonl"), "-o", str(tmp_path / "run"))
+    assert done.returncode == 0, done.stderr
+    assert len(read_jsonl(tmp_path / "run" / "dataset.jsonl")) == 8
+    assert json.loads((tmp_path / "run" / "steps" / "03-stats" / "stats.json").read_text())["records"] == 8
+    for text, expected in [
+        ("steps:\n  - dedup: {num_perm: [1]}\n", "dedup.num_perm: expected int, got [1]"),
+        ("steps:\n  - nosuch\n", "unknown step 'nosuch'"),
+        ("steps: [read\n", "not valid YAML"),
+        ("read: {}\n", "a pipeline file is a mapping with a `steps` list"),
+    ]:
+        recipe.write_text(text)
+        bad = run_cli("run", str(recipe), "-i", str(tmp_path / "in.jsonl"), "-o", str(tmp_path / "bad"))
+        assert bad.returncode == 2 and expected in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
+        assert not (tmp_path / "bad").exists()

@@ -219,7 +219,7 @@ class LocalExecutor:
                 step = steps[index]
                 folder = step_dir(run_dir, index, step)
                 folder.mkdir(parents=True, exist_ok=True)
-                step.stats = StageStats(step.name)
+                step.stats, step.complete = StageStats(step.name), True
                 rejects = stack.enter_context(open_writer(folder / REJECTED, "jsonl"))
                 step.reject = _sink(rejects)
                 out = stack.enter_context(open_writer(folder / RECORDS, "jsonl"))

@@ -199,34 +199,54 @@ def make_options(cls: type, values: dict[str, Any], step: str) -> Any:
 
 
 def coerce(value: Any, spec: dataclasses.Field, step: str) -> Any:
-    """A value from YAML or `--set` (often a string) as the field's type says."""
+    """A value from YAML or `--set` as the field's type says: strings are parsed, typed values checked."""
     kind = spec.type if isinstance(spec.type, str) else getattr(spec.type, "__name__", str(spec.type))
-    if value is None or not isinstance(value, str):
-        if "Path" in kind and isinstance(value, str):
-            return Path(value)
-        if "tuple" in kind and isinstance(value, list):
-            return tuple(value)
-        return value
+    base = kind.split(" |")[0].split("[")[0]
+    if value is None:
+        if "None" not in kind:
+            raise UserError(f"{step}.{spec.name}: expected {base}, got nothing")
+        return None
+    if not isinstance(value, str):
+        return _typed(value, base, spec.name, step)
     text = value.strip()
     if "None" in kind and text.lower() in ("none", "null", ""):
         return None
     try:
-        if kind.startswith("bool"):
+        if base == "bool":
             if text.lower() not in ("true", "false", "yes", "no", "1", "0", "on", "off"):
                 raise ValueError(text)
             return text.lower() in ("true", "yes", "1", "on")
-        if kind.startswith("int"):
+        if base == "int":
             return int(text)
-        if kind.startswith("float"):
+        if base == "float":
             return float(text)
     except ValueError:
-        raise UserError(f"{step}.{spec.name}: expected {kind.split(' |')[0]}, got {value!r}") from None
-    if kind.startswith(("list", "tuple")):
+        raise UserError(f"{step}.{spec.name}: expected {base}, got {value!r}") from None
+    if base in ("list", "tuple"):
         items = [item.strip() for item in text.split(",") if item.strip()]
-        return tuple(items) if kind.startswith("tuple") else items
-    if "Path" in kind:
-        return Path(text)
-    return text
+        return tuple(items) if base == "tuple" else items
+    if base == "dict":
+        raise UserError(f"{step}.{spec.name}: set one entry at a time, e.g. {step}.{spec.name}.KEY=VALUE")
+    return Path(text) if base == "Path" else text
+
+
+def _typed(value: Any, base: str, name: str, step: str) -> Any:
+    """A value YAML already typed: numbers may stand for text, anything else must fit."""
+    if base == "str" and isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    fits = {
+        "bool": isinstance(value, bool),
+        "int": isinstance(value, int) and not isinstance(value, bool),
+        "float": isinstance(value, int | float) and not isinstance(value, bool),
+        "str": False, "Path": False,
+        "list": isinstance(value, list | tuple), "tuple": isinstance(value, list | tuple),
+        "dict": isinstance(value, dict),
+    }.get(base, True)
+    if not fits:
+        raise UserError(f"{step}.{name}: expected {base}, got {value!r}")
+    if base == "float":
+        return float(value)
+    return tuple(value) if base == "tuple" else list(value) if base == "list" else value
 
 
 def option_rows(options: Any) -> list[tuple[str, Any, str]]:

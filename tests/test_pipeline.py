@@ -173,13 +173,14 @@ def test_dry_run_prints_steps_options_and_estimate_without_spending(fake_server,
     (["--set", "dedup.nope=1"], "step 'dedup' has no option 'nope'"),
     (["--set", "judge.x=1"], "this pipeline has no step 'judge'"),
     (["--set", "respond.endpoint.colour=red"], "no endpoint option 'colour'"),
+    (["--input", "missing.jsonl"], "missing.jsonl: no such file"),
 ])
 def test_bad_overrides_are_one_line_exit_2(fake_server, tmp_path, args, expected):
     instructions(tmp_path / "in.jsonl", 3)
     done = run_cli("run", "alpaca-gpt4", "-i", str(tmp_path / "in.jsonl"), "-o", str(tmp_path / "run"), *args,
                    env=cli_env(fake_server))
     assert done.returncode == 2 and expected in done.stderr and "Traceback" not in done.stderr
-    assert not fake_server.requests
+    assert not fake_server.requests and not (tmp_path / "run").exists()
 
 
 def test_list_unknown_pipeline_and_a_file_as_run_directory(tmp_path):

@@ -166,14 +166,15 @@ class LocalExecutor:
         meta: dict[str, Any] | None = None,
     ) -> RunResult:
         """Run (or resume) the steps into RUN; returns what happened, with the exit status to use."""
-        run_dir = Path(run_dir)
+        run_dir, inputs = Path(run_dir), [Path(p) for p in inputs]
         if run_dir.exists() and not run_dir.is_dir():
             raise UserError(f"{run_dir} is a file; the run's output is a directory (-o DIR)")
+        self.bind(steps, run_dir, inputs, endpoint)  # missing inputs or endpoint fail before RUN is made
         run_dir.mkdir(parents=True, exist_ok=True)
         with RunState.for_run(run_dir) as state:
             if endpoint is not None and endpoint.fresh:
                 state.forget()
-            fingerprints = self.bind(steps, run_dir, [Path(p) for p in inputs], endpoint, state)
+            fingerprints = self.bind(steps, run_dir, inputs, endpoint, state)
             stats: list[StageStats | None] = [None] * len(steps)
             result = RunResult(run_dir, Summary(), 0)
             start = 0

@@ -207,7 +207,7 @@ def test_a_second_run_on_the_same_directory_is_refused(tmp_path):
             while not server.requests and time.monotonic() < deadline:
                 time.sleep(0.01)
             second = run_cli(*args, env=cli_env(server))
-            assert second.returncode == 2 and "another run is using this run directory" in second.stderr
+            assert second.returncode == 2 and "another run is using this output" in second.stderr
         finally:
             first.kill()
             first.wait()

@@ -4,23 +4,22 @@ Everything a run must remember across a kill -9 lives in one SQLite file (WAL, c
 the schema of `cache.py`: `responses` (every answer received), `journal` (records accepted, one stream per
 step) and `steps` (each step's fingerprint, done marker and statistics). The file is
 `RUN/state/{shard}.sqlite`, so a shard of a distributed run can own its own file and nothing is shared
-between writers. The run holds an exclusive lock on `RUN/state/` for its whole life, so a second run on
-the same directory stops at once instead of paying for the same requests twice.
+between writers. The run holds the state file's exclusive lock (`lock.lock_output`, released when the
+process ends however it ends) for its whole life, so a second run on the same directory stops at once
+instead of paying for the same requests twice.
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 import sqlite3
 import time
 from pathlib import Path
 from typing import Any
 
 from distillery.cache import ResponseCache, connect
-from distillery.errors import UserError
 from distillery.journal import Journal
+from distillery.lock import lock_output
 from distillery.summary import StageStats
 
 LOCAL_SHARD = "local"
@@ -36,7 +35,8 @@ class RunState:
     def __init__(self, path: str | Path, lock: bool = True):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock_fd = _lock(self.path.parent) if lock else None
+        if lock:
+            lock_output(self.path)
         self.connection: sqlite3.Connection = connect(self.path)
         self.cache = ResponseCache(self.connection)
 
@@ -46,9 +46,6 @@ class RunState:
 
     def close(self) -> None:
         self.connection.close()
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)  # closing the descriptor releases the flock
-            self._lock_fd = None
 
     def __enter__(self) -> RunState:
         return self
@@ -108,18 +105,3 @@ class RunState:
 
 def _stream(position: int, name: str) -> str:
     return f"step:{position}:{name}"
-
-
-def _lock(directory: Path) -> int:
-    """flock on DIR/lock: released by the kernel however the holder ends, so a killed run never blocks."""
-    path = directory / "lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
-        os.close(fd)
-        raise UserError(f"{directory.parent}: another run is using this run directory ({holder})") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"pid {os.getpid()}\n".encode(), 0)
-    return fd

@@ -187,6 +187,24 @@ def test_candidate_gathering_matches_the_pairwise_bounds_and_misses_no_duplicate
             added.append(query)
 
 
+@pytest.mark.parametrize("threshold", [0.0, 0.3, 0.5, 0.7, 0.9, 1.0])
+def test_length_sorted_postings_keep_every_partner_at_the_length_bounds(threshold):
+    """Texts that are prefixes of one another (LCS = the shorter length) at every length from 1 to 80:
+    each pair with F above the threshold, the shortest and longest partners the length run allows
+    included, is a candidate both ways, whether the entry was posted at a re-index or inserted after."""
+    words = [f"w{number}" for number in range(80)]
+    index = RougeIndex(threshold)
+    order = list(range(80, 0, -1))  # long ones first: after the re-index at 64, short ones are inserted
+    for length in order:
+        index.add(" ".join(words[:length]))
+    for length in order:
+        query = " ".join(words[:length])
+        candidates = set(index.candidates(query).tolist())
+        partners = {number for number, other in enumerate(order)
+                    if 2 * min(length, other) / (length + other) > threshold}
+        assert partners <= candidates, (length, sorted(partners - candidates))
+
+
 @pytest.mark.parametrize("method", ["rouge-l", "minhash"])
 def test_each_text_is_tokenized_and_hashed_once(monkeypatch, method):
     """find_duplicate and the add of the same text that follows share one tokenization and signature."""

@@ -14,11 +14,13 @@ import math
 import re
 import time
 from array import array
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from hashlib import sha1
 from itertools import chain, repeat
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -47,11 +49,21 @@ _SKETCH_MAX = np.iinfo(np.uint16).max
 _ORDER_SHIFT = 64  # prefix order key: document frequency << 64 | element; elements stay below 2**64
 _ELEMENT_MASK = (1 << _ORDER_SHIFT) - 1
 _UNBOUNDED = int(np.iinfo(np.intc).max)
+_INDEX_MASK = (1 << 32) - 1  # a posting entry is one int64: reach << 32 | text index
 
 
 def tokenize(text: str) -> list[str]:
     """rouge_score's tokenizer (stemming off), plus one token per CJK ideograph instead of dropping it."""
     return _TOKEN.findall(text.lower())
+
+
+def _f_measures(lcs: np.ndarray, n_candidate: int, n_kept: np.ndarray) -> np.ndarray:
+    """rouge_score's float expression, elementwise: numpy float64 rounds exactly as Python does."""
+    lcs = lcs.astype(np.float64)
+    precision = np.divide(lcs, n_kept, out=np.zeros_like(lcs), where=n_kept > 0)
+    recall = lcs / n_candidate
+    total = precision + recall
+    return np.divide(2 * precision * recall, total, out=np.zeros_like(lcs), where=total > 0)
 
 
 def _f_measure(lcs: int, n_candidate: int, n_kept: int) -> float:
@@ -124,6 +136,26 @@ def _reach(slack: float, length: int, room: int) -> int:
     return longest
 
 
+def _shortest(slack: float, length: int) -> int:
+    """The shortest partner a `length`-token text can pair with at all: the least m with alpha(m + length)
+    <= m, i.e. whose whole text could be the overlap (alpha grows by under 1 a token, so all longer can)."""
+    shortest = max(int(slack * length / (2 - slack)) - 1, 0) if slack > 0 else 0  # an estimate, then exact steps
+    while _alpha(slack, shortest + length) > shortest:
+        shortest += 1
+    while shortest > 0 and _alpha(slack, shortest - 1 + length) <= shortest - 1:
+        shortest -= 1
+    return shortest
+
+
+@dataclass(frozen=True)
+class _Limits:
+    """What the positional filter allows a `length`-token text: `shortest` partner, and at each prefix
+    position the longest partner that position can still pair with (see `_reach`)."""
+
+    shortest: int
+    reaches: list[int]
+
+
 @dataclass(frozen=True)
 class _Probe:
     """A text as a query sees it; when all its tokens are known, `add` of the same text reuses all of it."""
@@ -131,6 +163,7 @@ class _Probe:
     text: str
     tokens: list[str]
     codes: list[int]
+    seq: str | list[int]
     prefix: list[int]
     elements: list[int]
     sketch: np.ndarray
@@ -145,7 +178,9 @@ class RougeIndex:
     - a prefix filter (AllPairs/PPJoin): every text is indexed under its rarest elements, and any pair
       whose overlap could lift F above the threshold must share one of them within prefixes as long as
       that pair's lengths allow (the positional part). Rarity is a document-frequency snapshot
-      refreshed, with a full re-index, each time the index doubles, so every prefix is cut in one order;
+      refreshed, with a full re-index, each time the index doubles, so every prefix is cut in one order.
+      Each posting is kept sorted by text length, so a query reads, by binary search, only the entries
+      whose length its position allows, rather than every entry of a list that grows with the index;
     - a count sketch per text (tokens hashed into 64 buckets), whose bucket-wise minimum can only
       over-count the overlap; only the buckets the query's own tokens fall in are read.
     `add` right after `find_duplicate` of the same text reuses the query's tokens, prefix and sketch.
@@ -163,8 +198,9 @@ class RougeIndex:
         self._sketches = np.zeros((_FIRST_REBUILD, _BUCKETS), dtype=np.uint16)
         self._df: dict[int, int] = {}
         self._order: dict[int, int] = {}  # element -> its document frequency << 64 | element, at the last re-index
-        self._postings: dict[int, array[int]] = {}
-        self._reaches: dict[tuple[int, int], int] = {}
+        # element -> (text lengths, ascending; reach << 32 | text index in the same order)
+        self._postings: dict[int, tuple[array[int], array[int]]] = {}
+        self._limits: dict[int, _Limits] = {}
         self._slot = np.zeros(_FIRST_REBUILD, dtype=np.intc)  # scratch for deduplicating candidates
         self._rebuild_at = _FIRST_REBUILD
         self._last: _Probe | None = None
@@ -175,16 +211,17 @@ class RougeIndex:
     def add(self, text: str) -> None:
         last, self._last = self._last, None
         if last is not None and last.text == text and last.complete:
-            codes, elements, prefix, sketch = last.codes, last.elements, last.prefix, last.sketch
+            codes, seq, elements, prefix, sketch = last.codes, last.seq, last.elements, last.prefix, last.sketch
         else:
             tokens = last.tokens if last is not None and last.text == text else tokenize(text)
             codes = [self._intern(token) for token in tokens]
+            seq = _encode(codes)
             elements = _elements(codes)
             prefix = self._prefix(elements)
             sketch = _sketch(codes)
         index = len(self._texts)
         self._texts.append(text)
-        self._seqs.append(_encode(codes))
+        self._seqs.append(seq)
         if index == len(self._lengths):
             self._lengths = np.concatenate([self._lengths, np.zeros_like(self._lengths)])
             self._sketches = np.concatenate([self._sketches, np.zeros_like(self._sketches)])
@@ -205,8 +242,17 @@ class RougeIndex:
         indices = self._candidates(probe)
         if not len(indices):
             return None
-        scores = self._scores(probe.codes, indices)
-        best = int(np.argmax(scores))
+        seqs = itemgetter(*indices.tolist())(self._seqs) if len(indices) > 1 else [self._seqs[indices[0]]]
+        lcs = process.cdist([probe.seq], seqs, scorer=LCSseq.similarity, dtype=np.int32)[0]
+        lengths = self._lengths[indices]
+        # Most queries end here: no exact F reaches the threshold (less the margin for float rounding),
+        # so no float F can exceed it. Those that might are scored with rouge_score's expression.
+        close = 2 * lcs > self._slack * (lengths + len(probe.codes))
+        if not close.any():
+            return None
+        indices = indices[close]
+        scores = _f_measures(lcs[close], len(probe.codes), lengths[close])
+        best = int(np.argmax(scores))  # indices ascend: the earliest added on a tie
         if scores[best] > self.threshold:
             return float(scores[best]), self._texts[indices[best]]
         return None
@@ -222,7 +268,8 @@ class RougeIndex:
         complete = _UNKNOWN not in codes
         elements = _elements(codes)
         known = codes if complete else [code for code in codes if code != _UNKNOWN]
-        return _Probe(text, tokens, codes, self._prefix(elements), elements, _sketch(known), complete)
+        return _Probe(text, tokens, codes, _encode(codes), self._prefix(elements), elements, _sketch(known),
+                      complete)
 
     def _candidates(self, probe: _Probe) -> np.ndarray:
         """Prefix-filter entries whose pair passes the positional filter, deduplicated, then the sketch.
@@ -230,22 +277,26 @@ class RougeIndex:
         The positional filter needs, at probe position i and an entry of an m-token text at its position
         j: i <= n - alpha(m + n) and j <= m - alpha(m + n). alpha grows with both lengths, so the first
         is m <= reach(n, n - i), one number per probe position, and the second n <= reach(m, m - j), one
-        number per entry computed when it was posted.
+        number per entry computed when it was posted. The second implies m >= shortest(n) (j >= 0), so
+        the lengths in [shortest(n), reach(n, n - i)] are one run of each length-sorted posting.
         """
-        n, slack = len(probe.codes), self._slack
+        n, slack, postings = len(probe.codes), self._slack, self._postings
+        limits = self._limits_of(n)
+        shortest = limits.shortest
         found: list[array[int]] = []
-        longest: list[int] = []
-        for position, element in enumerate(probe.prefix):
-            posting = self._postings.get(element)
+        for element, longest in zip(probe.prefix, limits.reaches, strict=False):
+            if longest < shortest:
+                break  # reach falls as the position grows: no later position can pair either
+            posting = postings.get(element)
             if posting is not None:
-                found.append(posting)
-                longest.append(self._reach(n, n - position))
+                lengths, entries = posting
+                first, last = bisect_left(lengths, shortest), bisect_right(lengths, longest)
+                if first < last:
+                    found.append(entries[first:last])
         if not found:
             return np.zeros(0, dtype=np.intc)
-        entries = np.frombuffer(b"".join(found), dtype=np.intc).reshape(-1, 3)  # index, length, reach
-        passed = (entries[:, 1] <= np.repeat(longest, [len(posting) // 3 for posting in found])) & (
-            entries[:, 2] >= n)
-        indices = entries[passed, 0]
+        entries = np.frombuffer(b"".join(found), dtype=np.int64)  # reach << 32 | text index
+        indices = (entries[entries >= n << 32] & _INDEX_MASK).astype(np.intc)
         # Deduplicate without sorting: of each index's entries, only the one written last keeps its slot.
         slots = np.arange(len(indices), dtype=np.intc)
         self._slot[indices] = slots
@@ -253,8 +304,10 @@ class RougeIndex:
         lengths = self._lengths[indices]
         buckets = np.flatnonzero(probe.sketch)
         overlap = np.minimum(self._sketches.take(indices, axis=0)[:, buckets], probe.sketch[buckets]).sum(axis=1)
-        # Only two texts over 65,535 tokens each can saturate a bucket; the sketch then bounds nothing.
-        return np.sort(indices[(2 * overlap > slack * (lengths + n)) | (lengths > _SKETCH_MAX)])
+        passed = 2 * overlap > slack * (lengths + n)
+        if n > _SKETCH_MAX:  # only two texts over 65,535 tokens each can saturate a bucket: no bound then
+            passed |= lengths > _SKETCH_MAX
+        return np.sort(indices[passed])
 
     def query(self, text: str) -> tuple[float, str | None]:
         """Exact best F over everything added, and that text (the earliest added on a tie)."""
@@ -271,23 +324,15 @@ class RougeIndex:
 
     def scores(self, text: str) -> np.ndarray:
         """F of `text` against every added text, in insertion order (one C++ pass, no pruning)."""
-        return self._scores(self._lookup(text), None)
+        return self._scores(self._lookup(text))
 
-    def _scores(self, codes: list[int], indices: np.ndarray | None) -> np.ndarray:
-        """rouge_score's float expression, elementwise: numpy float64 rounds exactly as Python does."""
+    def _scores(self, codes: list[int]) -> np.ndarray:
+        """F against every added text, in insertion order."""
         size = len(self._texts)
-        lengths = (self._lengths[:size] if indices is None else self._lengths[indices]).astype(np.float64)
-        scores = np.zeros(len(lengths))
-        if not codes or not len(lengths):
-            return scores
-        seqs = self._seqs if indices is None else [self._seqs[i] for i in indices]
-        lcs = process.cdist([_encode(codes)], seqs, scorer=LCSseq.similarity, dtype=np.int32)[0]
-        lcs = lcs.astype(np.float64)
-        precision = np.divide(lcs, lengths, out=np.zeros_like(lcs), where=lengths > 0)
-        recall = lcs / len(codes)
-        total = precision + recall
-        np.divide(2 * precision * recall, total, out=scores, where=total > 0)
-        return scores
+        if not codes or not size:
+            return np.zeros(size)
+        lcs = process.cdist([_encode(codes)], self._seqs, scorer=LCSseq.similarity, dtype=np.int32)[0]
+        return _f_measures(lcs, len(codes), self._lengths[:size])
 
     def _intern(self, token: str) -> int:
         code = self._vocab.get(token)
@@ -309,32 +354,43 @@ class RougeIndex:
         keys = sorted(map(self._order.get, elements, elements))  # unseen at the last re-index: frequency 0
         return [key & _ELEMENT_MASK for key in keys[: n - alpha + 1]]
 
-    def _reach(self, length: int, room: int) -> int:
-        key = (length, room)
-        reach = self._reaches.get(key)
-        if reach is None:
-            reach = self._reaches[key] = _reach(self._slack, length, room)
-        return reach
+    def _limits_of(self, length: int) -> _Limits:
+        limits = self._limits.get(length)
+        if limits is None:
+            slack = self._slack
+            positions = length - max(1, math.floor(slack * length / (2 - slack)) + 1) + 1  # as in `_prefix`
+            reaches = [_reach(slack, length, length - position) for position in range(positions)]
+            limits = self._limits[length] = _Limits(_shortest(slack, length), reaches)
+        return limits
 
-    def _post(self, index: int, prefix: list[int]) -> None:
-        """Each posting holds (text index, text length, longest query it can pair with at that position)
-        triples; an entry no query could use is left out."""
+    def _post(self, index: int, prefix: list[int], in_order: bool = False) -> None:
+        """Enter the text under each prefix element at its place by length (appended when the caller
+        posts in length order); an entry no query could use is left out."""
         postings = self._postings
         length = len(self._seqs[index])
-        for position, element in enumerate(prefix):
-            reach = self._reach(length, length - position)
+        for element, reach in zip(prefix, self._limits_of(length).reaches, strict=False):
             if reach < 1:
                 continue
+            entry = reach << 32 | index  # reach <= _UNBOUNDED < 2**31: fits an int64
             posting = postings.get(element)
             if posting is None:
-                posting = postings[element] = array("i")
-            posting.extend((index, length, reach))
+                postings[element] = (array("i", (length,)), array("q", (entry,)))
+                continue
+            lengths, entries = posting
+            if in_order or lengths[-1] <= length:
+                lengths.append(length)
+                entries.append(entry)
+            else:
+                at = bisect_right(lengths, length)
+                lengths.insert(at, length)
+                entries.insert(at, entry)
 
     def _reindex(self) -> None:
         self._order = {element: df << _ORDER_SHIFT | element for element, df in self._df.items()}
         self._postings = {}
-        for index, seq in enumerate(self._seqs):
-            self._post(index, self._prefix(_elements(_decode(seq))))
+        seqs = self._seqs
+        for index in np.argsort(self._lengths[: len(seqs)], kind="stable").tolist():
+            self._post(index, self._prefix(_elements(_decode(seqs[index]))), in_order=True)
         self._rebuild_at = 2 * len(self._texts)
 
 

@@ -1,32 +1,32 @@
 #!/usr/bin/env bash
-# distillery's quick-start job. The offline steps (clean, dedup, convert, stats, report) always run; the
-# steps that call a teacher model (respond, self-instruct, evol) run when an endpoint is configured.
+# distillery's quick-start job. The offline part (the vicuna pipeline, dedup, convert, stats, report) always
+# runs; the part that calls a teacher model (the alpaca-gpt4 pipeline, self-instruct, evol) runs when an
+# endpoint is configured.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=out/quickstart
 mkdir -p "$out"
 
-echo "== clean: raw ShareGPT share pages -> clean, split, deduplicated conversations"
-distillery clean examples/sharegpt_raw.json -o "$out/sharegpt_clean.json" --skip-lang ko
+echo "== run vicuna: raw ShareGPT share pages -> clean, split conversations for LLaMA-Factory, with a report"
+distillery run vicuna --input examples/sharegpt_raw.json -o "$out/vicuna"
 
 echo "== dedup: Alpaca's ROUGE-L rule on the built-in sample"
 distillery dedup examples/alpaca_sample.json -o "$out/alpaca_dedup.json" --rejected "$out/alpaca_dedup.rejected.jsonl"
 
-echo "== convert: ShareGPT -> OpenAI messages, registered for LLaMA-Factory"
-distillery convert "$out/sharegpt_clean.json" -o "$out/sharegpt_clean_openai.jsonl" --to openai \
-  --dataset-info "$out" --name sharegpt_clean
+echo "== convert: the cleaned conversations -> OpenAI messages"
+distillery convert "$out/vicuna/dataset.jsonl" -o "$out/vicuna_openai.jsonl" --to openai
 
 echo "== stats"
-distillery stats "$out/sharegpt_clean.json"
+distillery stats "$out/vicuna/dataset.jsonl"
 
-reports=(examples/sharegpt_raw.json "$out/sharegpt_clean.json")
+reports=(examples/sharegpt_raw.json "$out/vicuna/dataset.jsonl")
 if [ -n "${DISTILLERY_MODEL:-}" ]; then
-  echo "== respond: answers from $DISTILLERY_MODEL at ${OPENAI_BASE_URL:-https://api.openai.com/v1}"
-  distillery respond examples/alpaca_sample.json -o "$out/answers.json" --max-cost "${MAX_COST:-1}"
+  echo "== run alpaca-gpt4: answers from $DISTILLERY_MODEL at ${OPENAI_BASE_URL:-https://api.openai.com/v1}"
+  distillery run alpaca-gpt4 --input examples/alpaca_sample.json -o "$out/alpaca-gpt4" --max-cost "${MAX_COST:-1}"
   echo "== self-instruct: 20 new English tasks from the built-in seeds"
   distillery self-instruct --seeds builtin:en --num 20 -o "$out/self_instruct.json" --max-cost "${MAX_COST:-1}"
-  echo "== evol: 2 rounds of Evol-Instruct over the answered sample"
-  distillery evol "$out/answers.json" -o "$out/evolved.json" --rounds 2 --max-cost "${MAX_COST:-1}"
+  echo "== evol: 2 rounds of Evol-Instruct over the sample's instructions"
+  distillery evol examples/alpaca_sample.json -o "$out/evolved.json" --rounds 2 --max-cost "${MAX_COST:-1}"
   reports+=("$out/self_instruct.json" "$out/evolved.json")
 else
   cat <<'MSG'

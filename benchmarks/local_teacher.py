@@ -54,7 +54,8 @@ def main() -> None:
     base.resolve().local_server()
     print(f"model {args.model}: loaded in {time.monotonic() - load_started:.1f} s; load average "
           f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
-    print(f"{'concurrency':>11} {'requests':>8} {'wall s':>7} {'CPU s':>6} {'tokens/s':>9} {'req/s':>6} {'vs c=1':>7}")
+    print(f"{'concurrency':>11} {'requests':>8} {'wall s':>7} {'CPU s':>6} {'tokens/s':>9} {'req/s':>6} "
+          f"{'tokens/CPU s':>12} {'vs c=1':>7}")
     baseline = None
     offset = 0
     with tempfile.TemporaryDirectory() as scratch:
@@ -65,7 +66,7 @@ def main() -> None:
             rate = tokens / wall
             baseline = baseline or rate
             print(f"{concurrency:>11} {requests:>8} {wall:>7.1f} {cpu:>6.1f} {rate:>9.1f} {requests / wall:>6.2f} "
-                  f"{rate / baseline:>6.1f}×")
+                  f"{tokens / cpu:>12.1f} {rate / baseline:>6.1f}×")
 
 
 if __name__ == "__main__":

@@ -91,6 +91,12 @@ _ENDPOINT_FLAGS: dict[str, tuple[type, str, str]] = {
     "price_output": (float, "--price-output", "USD per 1M completion tokens (overrides the built-in price table)."),
     "max_cost": (float, "--max-cost", "Stop cleanly once this many USD are spent; re-run to continue."),
     "fresh": (bool, "--fresh", "Forget earlier state (cache and journal) for this output and start over."),
+    "local_model": (str, "--local-model", "Serve this GGUF file (or builtin:smollm2, the demo teacher) in-process "
+                    "with llama.cpp instead of calling an endpoint; needs distillery[local]."),
+    "local_threads": (int, "--local-threads", "CPU threads for --local-model \\[default: 1 on up to 4 cores, "
+                      "else half the cores]."),
+    "local_ctx": (int, "--local-ctx", "Context tokens per request for --local-model."),
+    "local_parallel": (int, "--local-parallel", "Requests --local-model decodes at once (continuous batching)."),
 }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -35,9 +36,15 @@ class EndpointOptions:
     fresh: bool = False
     retry_base_delay: float = 0.5
     retry_max_delay: float = 30.0
+    local_model: str | None = None
+    local_threads: int | None = None
+    local_ctx: int = 4096
+    local_parallel: int = 4
 
     def resolve(self) -> EndpointOptions:
         """Fill model and URL from the environment and reject impossible settings with a clear message."""
+        if self.local_model:
+            return self._resolve_local()
         model = self.model or os.environ.get("DISTILLERY_MODEL")
         if not model:
             raise UserError(
@@ -46,6 +53,47 @@ class EndpointOptions:
                 "--base-url http://localhost:11434/v1 --model qwen2.5:7b for Ollama"
             )
         base_url = self.base_url or os.environ.get("OPENAI_BASE_URL") or OPENAI_BASE_URL
+        self._check_limits()
+        return replace(self, model=model, base_url=base_url)
+
+    def _resolve_local(self) -> EndpointOptions:
+        """A local model is its own name: the file's identity, so the cache never mixes two models. The
+        URL stays unset until a client starts the server (see `local_server`). No more requests are sent
+        than the server has slots: one queued inside llama.cpp would spend its --timeout waiting, and its
+        retry would redo the work."""
+        from distillery import local
+
+        if self.base_url:
+            raise UserError("--base-url and --local-model both name a teacher: pass one of them")
+        path = local.model_path(self.local_model or "")
+        identity = local.model_identity(path)
+        if self.model and self.model != identity:
+            raise UserError(
+                f"--local-model serves {path.name} only, so another model name ({self.model!r}, from --model or "
+                "--answer-model) cannot be used with it"
+            )
+        for name in ("local_ctx", "local_parallel", "local_threads"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be at least 1")
+        self._check_limits()
+        local.require_engine()
+        concurrency = min(self.concurrency, self.local_parallel)
+        return replace(self, model=identity, local_model=str(path), concurrency=concurrency)
+
+    def local_server(self) -> str:
+        """The base URL of the in-process server for a resolved local model, started on first use."""
+        from distillery import local
+
+        settings = local.ServerSettings(
+            Path(self.local_model or ""),
+            self.local_threads or local.default_threads(),
+            self.local_ctx,
+            self.local_parallel,
+        )
+        return local.serve(settings)
+
+    def _check_limits(self) -> None:
         if self.concurrency < 1:
             raise UserError("--concurrency must be at least 1")
         if self.max_retries < 0:
@@ -54,9 +102,11 @@ class EndpointOptions:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise UserError(f"--{name.replace('_', '-')} must be positive")
-        return replace(self, model=model, base_url=base_url)
 
     def api_key(self) -> str | None:
+        """The key to send; none to a local model, which must never see a hosted service's key."""
+        if self.local_model:
+            return None
         return os.environ.get(self.api_key_env) or None
 
     def generation_params(self) -> dict[str, Any]:

@@ -22,7 +22,7 @@ import re
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -204,6 +204,8 @@ class LLM:
 
     def __init__(self, options: EndpointOptions, cache_path: str | Path, stats: RunStats | None = None):
         self.options = options.resolve()
+        if self.options.local_model:
+            self.options = replace(self.options, base_url=self.options.local_server())
         self.stats = stats or RunStats()
         self.pricing = Pricing.for_model(self.options.model, self.options.price_input, self.options.price_output)
         if self.options.max_cost is not None and self.stats.budget is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import functools
 import inspect
@@ -21,6 +22,8 @@ from rich.text import Text
 from distillery.cost import RunStats
 from distillery.endpoint import EndpointOptions
 from distillery.errors import INTERRUPTED, UserError
+from distillery.evol_options import SAMPLING as EVOL_SAMPLING
+from distillery.evol_options import EvolSettings
 from distillery.io import check_paths
 from distillery.progress import plain_console
 
@@ -452,31 +455,31 @@ def clean(
     out_console.print(f"rejected: {result.rejected} ({result.rejected_count:,})  summary: {result.summary}")
 
 
+_EVOL = EvolSettings()
+
+
+def _evol_help(name: str) -> str:
+    """An evol flag's help, from the one place the recipe's options are defined."""
+    return next(f.metadata["help"] for f in dataclasses.fields(EvolSettings) if f.name == name)
+
+
 @app.command()
-@endpoint_command(temperature=1.0, top_p=0.95, max_tokens=2048)
+@endpoint_command(**EVOL_SAMPLING)
 def evol(
     input: Annotated[Path, typer.Argument(help="Alpaca seed records (JSON list or JSONL); input is appended "
                                                 "to the instruction on a new line.")],
     output: Annotated[Path, typer.Option("-o", "--output",
                                          help="Where to write evolved records (.json/.jsonl/.parquet).")],
-    rounds: Annotated[int, typer.Option(help="Evolution rounds (M); each live instruction is evolved once per "
-                                             "round.")] = 4,
-    methods: Annotated[list[str] | None, typer.Option(
-        help="Methods to draw from, comma-separated or repeated: constraints, deepening, concretizing, "
-             "reasoning, complicate-input, breadth, or the groups in-depth, in-breadth, all.")] = None,
-    lang: Annotated[str, typer.Option(help="Template language: en or zh (the elimination rules know both).")] = "en",
-    answers: Annotated[bool, typer.Option(help="Answer every evolved instruction (rules 2 and 3 need "
-                                                "answers).")] = True,
-    answer_model: Annotated[str | None, typer.Option(help="Model that answers (default: --model).")] = None,
-    answer_system: Annotated[str | None, typer.Option(
-        help="System prompt sent with every answer request; default: WizardLM's "
-             "\"You are a helpful assistant.\"")] = None,
-    judge: Annotated[bool, typer.Option(help="Ask the model whether each evolution equals its parent "
-                                              "(elimination rule 1).")] = True,
-    keep_original: Annotated[bool, typer.Option(
-        "--keep-original", help="Also write the seeds as round-0 records.")] = False,
-    templates: Annotated[Path | None, typer.Option(
-        help="Directory of replacement templates: <method>.txt, judge.txt, zh/<method>.txt.")] = None,
+    rounds: Annotated[int, typer.Option(help=_evol_help("rounds"))] = _EVOL.rounds,
+    methods: Annotated[list[str] | None, typer.Option(help=_evol_help("methods"))] = None,
+    lang: Annotated[str, typer.Option(help=_evol_help("lang"))] = _EVOL.lang,
+    answers: Annotated[bool, typer.Option(help=_evol_help("answers"))] = _EVOL.answers,
+    answer_model: Annotated[str | None, typer.Option(help=_evol_help("answer_model"))] = _EVOL.answer_model,
+    answer_system: Annotated[str | None, typer.Option(help=_evol_help("answer_system"))] = _EVOL.answer_system,
+    judge: Annotated[bool, typer.Option(help=_evol_help("judge"))] = _EVOL.judge,
+    keep_original: Annotated[bool, typer.Option("--keep-original", help=_evol_help("keep_original"))] = \
+        _EVOL.keep_original,
+    templates: Annotated[Path | None, typer.Option(help=_evol_help("templates"))] = None,
     endpoint: EndpointOptions | None = None,
 ) -> None:
     """Evol-Instruct (WizardLM): evolve instructions for M rounds with in-depth and in-breadth methods,
@@ -487,11 +490,11 @@ def evol(
     Interrupted, or stopped by --max-cost (exit status 4)? Run the same command again.
     """
     check_paths([input], [output])
-    from distillery.evol import METHODS, EvolOptions
+    from distillery.evol import EvolOptions
     from distillery.evol import evol as run_evol
 
     result = run_evol(EvolOptions(
-        input=input, output=output, endpoint=endpoint, rounds=rounds, methods=tuple(methods or METHODS),
+        input=input, output=output, endpoint=endpoint, rounds=rounds, methods=tuple(methods or _EVOL.methods),
         lang=lang, answers=answers, answer_model=answer_model, answer_system=answer_system, judge=judge,
         keep_original=keep_original, templates=templates,
     ))

@@ -6,50 +6,50 @@ elimination rules. A passing evolution becomes the live instruction for the next
 logged with the rule that failed it, and its parent is evolved again next round. Lineages do not depend
 on each other, so each runs its rounds on its own and no round waits for the slowest request of another.
 
-Every request goes through the response cache, and every decided attempt is journalled under a key made
-of its evolution request and the settings that judge it, so a re-run (after a crash, a kill -9 or a
-spent --max-cost) replays what was decided, re-sends nothing that was answered, and writes the same OUTPUT.
+The recipe is the `evol` LLM step (`Evol`): each seed's lineage is one multi-stage `decide` coroutine, and
+the engine (`llm_step`) owns the event loop, the cache, retries, the budget and the run state. Every decided
+attempt is remembered under a key made of its evolution request and the settings that judge it, so a re-run
+(after a crash, a kill -9 or a spent --max-cost) replays what was decided, re-sends nothing that was
+answered, and writes the same OUTPUT. `distillery evol` is that one step over a seed file.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import random
 import re
-import time
 import unicodedata
 from collections import Counter
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from importlib.resources import files
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from distillery.cache import canonical_request, prepare_state, state_path
 from distillery.cost import RunStats
 from distillery.errors import UserError
-from distillery.io import file_format, read_text, sidecar, write_json, write_records
-from distillery.journal import Journal
-from distillery.llm import (
-    LLM,
-    ChatRequest,
-    ChatResult,
-    EndpointOptions,
-    exit_status,
-    run_bounded,
-    run_within_budget,
+from distillery.evol_options import (
+    IN_BREADTH,
+    IN_DEPTH,
+    LANGS,
+    METHOD_GROUPS,
+    METHODS,
+    SAMPLING,
+    EvolSettings,
+    parse_methods,
 )
-from distillery.pipeline import StageStats
-from distillery.progress import RunProgress
-from distillery.respond import load_alpaca
+from distillery.io import file_format, read_text, sidecar, write_json, write_records
+from distillery.llm import ChatRequest, ChatResult, EndpointOptions, exit_status
+from distillery.llm_step import Failed, LLMRun, LLMStep, Rejected, Session, answer_records
+from distillery.respond import check_alpaca, load_alpaca
+from distillery.step import Record, option
+from distillery.summary import StageStats
 
-IN_DEPTH = ("constraints", "deepening", "concretizing", "reasoning", "complicate-input")
-IN_BREADTH = ("breadth",)
-METHODS = IN_DEPTH + IN_BREADTH
-METHOD_GROUPS = {"in-depth": IN_DEPTH, "in-breadth": IN_BREADTH, "all": METHODS}
-LANGS = ("en", "zh")
+__all__ = ["IN_BREADTH", "IN_DEPTH", "LANGS", "METHODS", "METHOD_GROUPS", "Evol",
+           "EvolOptions", "evol", "parse_methods"]
 JUDGE = "judge"
 
 # What complicate-input asks the rewriter to add; one is drawn per attempt, like the paper's data formats.
@@ -126,50 +126,21 @@ EMPTY_REWRITE = "empty_rewrite"
 TRUNCATED = "truncated"
 
 
-@dataclass
-class EvolOptions:
-    """One Evol-Instruct run; the random choices are seeded by `endpoint.seed` (0 when unset)."""
+@dataclass(kw_only=True)
+class EvolOptions(EvolSettings):
+    """One `distillery evol` run; the random choices are seeded by `endpoint.seed` (0 when unset)."""
 
     input: Path
     output: Path
-    endpoint: EndpointOptions = field(default_factory=EndpointOptions)
-    rounds: int = 4
-    methods: tuple[str, ...] = METHODS
-    lang: str = "en"
-    answers: bool = True
-    answer_model: str | None = None
-    answer_system: str | None = None
-    judge: bool = True
-    keep_original: bool = False
-    templates: Path | None = None
+    endpoint: EndpointOptions = field(default_factory=lambda: EndpointOptions(**SAMPLING))
 
     def validate(self) -> None:
         """Reject impossible settings before anything is read, sent or written."""
         file_format(self.output)
-        if self.rounds < 1:
-            raise UserError("--rounds must be at least 1")
-        if self.lang not in LANGS:
-            raise UserError(f"--lang must be one of {', '.join(LANGS)}, not {self.lang!r}")
-        self.methods = parse_methods(self.methods)
-        if not self.answers and (self.answer_model or self.answer_system):
-            raise UserError("--answer-model and --answer-system need answers; drop them or drop --no-answers")
-        if self.templates is not None and not self.templates.is_dir():
-            raise UserError(f"{self.templates}: --templates must be a directory of <method>.txt files")
+        self.check()
 
-
-def parse_methods(names: tuple[str, ...] | list[str]) -> tuple[str, ...]:
-    """Comma lists and group names (in-depth, in-breadth, all) flattened, duplicates dropped, order kept."""
-    chosen: list[str] = []
-    for name in (part.strip() for item in names for part in item.split(",")):
-        if not name:
-            continue
-        if name not in METHODS and name not in METHOD_GROUPS:
-            raise UserError(f"unknown evolution method {name!r}; choose from {', '.join(METHODS)} "
-                            f"or a group ({', '.join(METHOD_GROUPS)})")
-        chosen.extend(m for m in METHOD_GROUPS.get(name, (name,)) if m not in chosen)
-    if not chosen:
-        raise UserError("--methods names no method")
-    return tuple(chosen)
+    def settings(self) -> EvolSettings:
+        return EvolSettings(**{f.name: getattr(self, f.name) for f in dataclasses.fields(EvolSettings)})
 
 
 class Templates:
@@ -338,112 +309,101 @@ class EvolResult:
         return exit_status(bool(self.failed), bool(self.stopped))
 
 
-def evol(options: EvolOptions, progress: bool = True) -> EvolResult:
-    """Evolve every seed for `options.rounds` rounds; the API behind `distillery evol`."""
-    options.validate()
-    endpoint = options.endpoint.resolve()
-    templates = Templates(options.lang, options.templates)
-    seeds = load_alpaca(options.input)
-    prepare_state(options.output, endpoint.fresh)
-    stats = RunStats()
-    run = _Run(options, endpoint, seeds, templates, stats)
-    started = time.monotonic()
-    stopped = run_within_budget(run.all(progress))
-    return _write_outputs(run, time.monotonic() - started, stopped)
+@dataclass
+class EvolStepOptions(EvolSettings):
+    endpoint: dict[str, Any] = option({}, "Endpoint options for this step only (model, temperature...).")
 
 
-class _Run:
-    def __init__(self, options: EvolOptions, endpoint: EndpointOptions, seeds: list[dict[str, Any]],
-                 templates: Templates, stats: RunStats):
-        self.options = options
-        self.endpoint = endpoint
-        self.seeds = seeds
-        self.roots = [seed_instruction(seed) for seed in seeds]
-        self.templates = templates
-        self.stats = stats
-        self.seed = endpoint.seed or 0
-        self.attempts: dict[tuple[int, int], Attempt] = {}
-        self.replayed = 0
-        self.settings = {
-            "answers": options.answers,
-            "answer_model": options.answer_model or endpoint.model,
-            "answer_system": options.answer_system or WIZARDLM_SYSTEM,
-            "judge": options.judge,
-        }
+class Evol(LLMStep):
+    """The step: one lineage per seed record, `rounds` attempts each (rewrite, judge, answer, eliminate).
 
-    async def all(self, progress: bool) -> None:
-        async with self.session(progress):
-            await run_bounded(range(len(self.seeds)), self.lineage, limit=self.llm.options.concurrency * 2)
+    Out come the passing evolutions, round by round and in input order within a round (the seeds first as
+    round 0 with `keep_original`); eliminated attempts are dropped with their rule."""
 
-    @asynccontextmanager
-    async def session(self, progress: bool) -> AsyncIterator[None]:
-        """The clients, the journal replayed so far and the progress bar, for as long as attempts run."""
-        async with AsyncExitStack() as stack:
-            self.llm = await stack.enter_async_context(LLM(self.endpoint, state_path(self.options.output), self.stats))
-            self.answerer = self.llm
-            if self.options.answer_model:
-                answer_endpoint = replace(self.endpoint, model=self.options.answer_model)
-                self.answerer = await stack.enter_async_context(
-                    LLM(answer_endpoint, state_path(self.options.output), self.stats)
-                )
-            self.accepted = Journal(self.llm.cache.connection, "accepted")
-            self.rejected = Journal(self.llm.cache.connection, "rejected")
-            self.decided = {entry["key"]: entry["attempt"] for stream in (self.accepted, self.rejected)
-                            for entry in stream}
-            total = len(self.seeds) * self.options.rounds
-            with RunProgress("evol", total, self.stats, enabled=progress) as self.bar:
-                yield
+    name = "evol"
+    Options = EvolStepOptions
+    sampling: ClassVar[dict[str, Any]] = SAMPLING
 
-    async def lineage(self, index: int) -> None:
-        live = self.roots[index]
+    def __init__(self, options: Any = None, /, **values: Any) -> None:
+        super().__init__(options, **values)
+        self.options.check()
+        if self.options.templates is not None and not Path(self.options.templates).is_dir():
+            raise UserError(f"{self.options.templates}: --templates must be a directory of <method>.txt files")
+        templates = Path(self.options.templates) if self.options.templates is not None else None
+        self.templates = Templates(self.options.lang, templates)
+
+    def run(self, records: Iterable[Record]) -> Iterator[Record]:
+        seeds = []
+        for number, record in enumerate(records, start=1):
+            check_alpaca(record, f"{self.name} input record {number}")
+            seeds.append(record)
+        attempts = self.attempts(seeds, self.answer(seeds))
+        if self.options.keep_original:
+            yield from (_original(seed) for seed in seeds)
+        for attempt in attempts:
+            self.stats.notes[f"round {attempt.round} attempts"] += 1
+            if attempt.passed:
+                yield attempt.record()
+            elif attempt.rule:
+                self.drop(attempt.rejection(), attempt.rule, attempt.detail)
+            else:
+                self.drop(attempt.rejection(), "request_failed", attempt.error)
+
+    def attempts(self, seeds: list[Record], run: LLMRun) -> list[Attempt]:
+        """Every attempt decided, in the order OUTPUT is written: round by round, seeds in input order."""
+        decided = [Attempt(**attempt) for index in range(len(seeds))
+                   for attempt in run.outputs.get(index, run.partial.get(index, []))]
+        return sorted(decided, key=lambda attempt: (attempt.round, attempt.index))
+
+    async def decide(self, record: Record, session: Session, index: int = 0) -> list[Record] | Rejected | Failed:
+        """One lineage: each round evolves the live instruction; a failed evolution leaves the parent live."""
+        root = seed_instruction(record)
+        live, attempts = root, []
         for round_ in range(1, self.options.rounds + 1):
-            live = await self.step(index, round_, live)
+            attempt = await self._attempt(session, index, round_, root, live)
+            attempts.append(attempt)
+            if attempt.passed and attempt.instruction:
+                live = attempt.instruction
+        errors = [a.error for a in attempts if a.error]
+        decided = [asdict(a) for a in attempts]
+        return Failed(errors[0], decided) if errors else decided
 
-    async def step(self, index: int, round_: int, parent: str) -> str:
-        """One round of one lineage; the live instruction afterwards (the parent again if evolution failed)."""
-        attempt = await self.attempt(index, round_, parent)
-        self.attempts[(index, round_)] = attempt
-        self.bar.advance()
-        return attempt.instruction if attempt.passed and attempt.instruction else parent
-
-    async def attempt(self, index: int, round_: int, parent: str) -> Attempt:
-        """Replay the decision if a run already made it, else make it and journal it."""
-        method, data_format = choose(self.seed, index, round_, self.options.methods, self.options.lang)
+    async def _attempt(self, session: Session, index: int, round_: int, root: str, parent: str) -> Attempt:
+        """Replay the decision if a run already made it, else make it and remember it."""
+        endpoint = session.endpoint
+        method, data_format = choose(endpoint.seed or 0, index, round_, self.options.methods, self.options.lang)
         prompt = self.templates.prompt(method, parent, data_format)
-        params = {"seed": self.seed + round_} if self.endpoint.seed is not None else {}
+        params = {"seed": (endpoint.seed or 0) + round_} if endpoint.seed is not None else {}
         messages = [{"role": "system", "content": WIZARDLM_SYSTEM}, {"role": "user", "content": prompt}]
         request = ChatRequest(messages, sample=round_, params=params)
-        key = self._decision_key(request)
-        if key in self.decided:
-            return self._replay(Attempt(**self.decided[key]), index)
-        attempt = Attempt(index, round_, method, self.roots[index], parent)
-        await self._decide(attempt, request)
+        key = self._decision_key(endpoint, request)
+        known = session.recall(key)
+        if known is not None:
+            replayed = Attempt(**known)
+            session.stats.cached += replayed.requests
+            session.stats.cached_prompt_tokens += replayed.prompt_tokens
+            session.stats.cached_completion_tokens += replayed.completion_tokens
+            return replace(replayed, index=index, root=root)
+        attempt = Attempt(index, round_, method, root, parent)
+        await self._decide(session, attempt, request)
         if attempt.error is None:
-            journal = self.accepted if attempt.passed else self.rejected
-            journal.append({"key": key, "attempt": asdict(attempt)})
-            self.decided[key] = asdict(attempt)
+            session.remember(key, asdict(attempt))
         return attempt
 
-    def _replay(self, attempt: Attempt, index: int) -> Attempt:
-        """A decision from the journal counts as the cache hits it stands for."""
-        self.replayed += 1
-        self.stats.cached += attempt.requests
-        self.stats.cached_prompt_tokens += attempt.prompt_tokens
-        self.stats.cached_completion_tokens += attempt.completion_tokens
-        return replace(attempt, index=index, root=self.roots[index])
-
-    def _decision_key(self, request: ChatRequest) -> str:
+    def _decision_key(self, endpoint: EndpointOptions, request: ChatRequest) -> str:
         """Everything that decides an attempt: its evolution request and how it is judged and answered."""
-        params = {**self.endpoint.generation_params(), **request.params}
-        evolve = canonical_request(self.endpoint.model, request.messages, params, request.sample)
-        judge = self.templates.texts[JUDGE] if self.options.judge else None
-        text = json.dumps({"evolve": evolve, "judge_prompt": judge, **self.settings}, ensure_ascii=False,
-                          sort_keys=True)
+        params = {**endpoint.generation_params(), **request.params}
+        evolve = canonical_request(endpoint.model, request.messages, params, request.sample)
+        o = self.options
+        judge = self.templates.texts[JUDGE] if o.judge else None
+        settings = {"answers": o.answers, "answer_model": o.answer_model or endpoint.model,
+                    "answer_system": o.answer_system or WIZARDLM_SYSTEM, "judge": o.judge}
+        text = json.dumps({"evolve": evolve, "judge_prompt": judge, **settings}, ensure_ascii=False, sort_keys=True)
         return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
-    async def _decide(self, attempt: Attempt, request: ChatRequest) -> None:
+    async def _decide(self, session: Session, attempt: Attempt, request: ChatRequest) -> None:
         """Evolve, then the cheap checks, the judge and the answer checks; stops at the first failure."""
-        reply = await _chat(self.llm, request, attempt)
+        reply = await _chat(session, request, attempt)
         if not reply.ok:
             attempt.error = f"evolution: {reply.error}"
             return
@@ -462,7 +422,7 @@ class _Run:
         if self.options.judge:
             prompt = self.templates.judge(attempt.parent, attempt.instruction)
             judge = ChatRequest([{"role": "user", "content": prompt}], params=_JUDGE_PARAMS)
-            verdict = await _chat(self.llm, judge, attempt)
+            verdict = await _chat(session, judge, attempt)
             if not verdict.ok:
                 attempt.error = f"judge: {verdict.error}"
                 return
@@ -470,12 +430,12 @@ class _Run:
                 attempt.rule, attempt.detail = NO_INFORMATION_GAIN, f"judge: {(verdict.text or '').strip()}"
                 return
         if self.options.answers:
-            await self._answer(attempt)
+            await self._answer(session, attempt)
 
-    async def _answer(self, attempt: Attempt) -> None:
+    async def _answer(self, session: Session, attempt: Attempt) -> None:
         system = self.options.answer_system or WIZARDLM_SYSTEM
         messages = [{"role": "system", "content": system}, {"role": "user", "content": attempt.instruction or ""}]
-        answer = await _chat(self.answerer, ChatRequest(messages), attempt)
+        answer = await _chat(session, ChatRequest(messages), attempt, self.options.answer_model)
         if not answer.ok:
             attempt.error = f"answer: {answer.error}"
             return
@@ -488,21 +448,34 @@ class _Run:
             attempt.rule = ONLY_PUNCTUATION_STOPWORDS
 
 
-async def _chat(llm: LLM, request: ChatRequest, attempt: Attempt) -> ChatResult:
+async def _chat(session: Session, request: ChatRequest, attempt: Attempt, model: str | None = None) -> ChatResult:
     """Send, and charge the usage to the attempt so a replayed decision can account for it."""
-    result = await llm.chat(request)
+    result = await session.chat(request, model)
     attempt.requests += 1
     attempt.prompt_tokens += result.prompt_tokens
     attempt.completion_tokens += result.completion_tokens
     return result
 
 
-def _write_outputs(run: _Run, seconds: float, stopped: str | None) -> EvolResult:
+def evol(options: EvolOptions, progress: bool = True) -> EvolResult:
+    """Evolve every seed for `options.rounds` rounds; the API behind `distillery evol`, the `evol` step over
+    one seed file whose state is the cache beside OUTPUT."""
+    options.validate()
+    step = Evol(EvolStepOptions(**asdict(options.settings())))
+    endpoint = options.endpoint.resolve()
+    if options.answer_model:
+        replace(endpoint, model=options.answer_model).resolve()  # a model --local-model cannot serve fails now
+    seeds = load_alpaca(options.input)
+    prepare_state(options.output, endpoint.fresh)
+    run = answer_records(step, seeds, state_path(options.output), endpoint, progress=progress)
+    return _write_outputs(options, endpoint, seeds, step.attempts(seeds, run), run)
+
+
+def _write_outputs(
+    options: EvolOptions, endpoint: EndpointOptions, seeds: list[Record], ordered: list[Attempt], run: LLMRun
+) -> EvolResult:
     """OUTPUT in a fixed order (seeds, then round by round in input order), its side files and the summary."""
-    options = run.options
-    ordered = [run.attempts[key] for key in sorted(run.attempts, key=lambda key: (key[1], key[0]))]
-    records = [_original(seed, root) for seed, root in zip(run.seeds, run.roots, strict=True)
-               if options.keep_original]
+    records = [_original(seed) for seed in seeds if options.keep_original]
     records += [a.record() for a in ordered if a.passed]
     rejected = [a.rejection() for a in ordered if a.rule]
     failed = [{"error": a.error, "round": a.round, "method": a.method, "parent": a.parent, "root": a.root}
@@ -518,26 +491,26 @@ def _write_outputs(run: _Run, seconds: float, stopped: str | None) -> EvolResult
                 stage.dropped[attempt.rule or "request_failed"] += 1
     result = EvolResult(
         written=len(records), evolved=sum(a.passed for a in ordered), rejected=len(rejected), failed=len(failed),
-        pending=len(run.seeds) * options.rounds - len(ordered), replayed=run.replayed,
+        pending=len(seeds) * options.rounds - len(ordered), replayed=run.stages_replayed,
         salvaged=sum(a.passed and a.salvaged for a in ordered),
         rounds=[{"round": r, **stage.as_dict(), "pass_rate": _rate(stage)} for r, stage in rounds.items()],
         rules=dict(Counter(a.rule for a in ordered if a.rule).most_common()), stats=run.stats,
         summary_path=sidecar(options.output, ".summary.json"),
         rejected_path=_write_sidecar(options.output, ".rejected.jsonl", rejected),
-        failed_path=_write_sidecar(options.output, ".failed.jsonl", failed), stopped=stopped,
+        failed_path=_write_sidecar(options.output, ".failed.jsonl", failed), stopped=run.stopped,
     )
     write_json(result.summary_path, {
         "command": "evol",
         "input": str(options.input),
         "output": str(options.output),
-        "model": run.endpoint.model,
-        "answer_model": run.settings["answer_model"] if options.answers else None,
+        "model": endpoint.model,
+        "answer_model": (options.answer_model or endpoint.model) if options.answers else None,
         "lang": options.lang,
         "methods": list(options.methods),
         "rounds": options.rounds,
-        "seed": run.seed,
+        "seed": endpoint.seed or 0,
         "judge": options.judge,
-        "seeds": len(run.seeds),
+        "seeds": len(seeds),
         "records_written": result.written,
         "evolved": result.evolved,
         "salvaged": result.salvaged,
@@ -545,8 +518,8 @@ def _write_outputs(run: _Run, seconds: float, stopped: str | None) -> EvolResult
         "failed": result.failed,
         "pending": result.pending,
         "replayed": result.replayed,
-        "stopped": stopped,
-        "seconds": round(seconds, 3),
+        "stopped": run.stopped,
+        "seconds": round(run.seconds, 3),
         "per_round": result.rounds,
         "per_method": {m: {**stage.as_dict(), "pass_rate": _rate(stage)} for m, stage in methods.items()},
         "requests": run.stats.as_dict(),
@@ -554,11 +527,11 @@ def _write_outputs(run: _Run, seconds: float, stopped: str | None) -> EvolResult
     return result
 
 
-def _original(seed: dict[str, Any], root: str) -> dict[str, Any]:
+def _original(seed: Record) -> Record:
     output = seed.get("output")
     return {"instruction": seed["instruction"], "input": seed.get("input") or "",
             "output": output if isinstance(output, str) else "",
-            "evol": {"root": root, "parent": None, "round": 0, "method": None}}
+            "evol": {"root": seed_instruction(seed), "parent": None, "round": 0, "method": None}}
 
 
 def _write_sidecar(output: Path, suffix: str, rows: list[dict[str, Any]]) -> Path | None:

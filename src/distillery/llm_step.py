@@ -8,6 +8,11 @@ A record whose request fails after its retries is dropped as `request_failed` (w
 step is left unfinished, so a re-run retries just those; `--max-cost` stops the step cleanly and the
 records not yet answered are pending. With a journal stream, each record's outcome is committed as it
 is decided, so a re-run replays decided records without even looking at the cache.
+
+A record that needs several rounds of requests, each depending on the answers before (Evol-Instruct's
+rewrite, judge, answer, round after round), overrides `decide(record, session)` instead: a coroutine that
+asks `session.chat` as often as it needs and may `session.remember` each decided stage under a key, so a
+re-run after a kill -9 replays those stages (`session.recall`) instead of deciding them again.
 """
 
 from __future__ import annotations
@@ -18,9 +23,10 @@ import hashlib
 import json
 import time
 from collections.abc import Iterable, Iterator
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from distillery.cost import RunStats
 from distillery.errors import UserError
@@ -41,6 +47,15 @@ class Rejected:
     detail: Any = None
 
 
+@dataclass(frozen=True)
+class Failed:
+    """`decide` returns this when a request of the record failed after its retries: the record is not
+    journalled, so a re-run decides it again, but what it did decide (`records`) still flows on now."""
+
+    error: str
+    records: list[Record] = field(default_factory=list)
+
+
 @dataclass
 class LLMRun:
     """What answering a list of records gave, index by index."""
@@ -48,9 +63,11 @@ class LLMRun:
     outputs: dict[int, list[Record]] = field(default_factory=dict)
     rejected: dict[int, Rejected] = field(default_factory=dict)
     failed: dict[int, str] = field(default_factory=dict)
+    partial: dict[int, list[Record]] = field(default_factory=dict)  # what failed records decided anyway
     stats: RunStats = field(default_factory=RunStats)
     stopped: str | None = None
     replayed: int = 0
+    stages_replayed: int = 0
     seconds: float = 0.0
 
     def pending(self, total: int) -> int:
@@ -64,6 +81,8 @@ class LLMStep(Step):
 
     name = "llm"
     barrier = True  # answers come back in any order; records leave in input order
+    # Sampling this recipe uses wherever neither the run nor the step sets it (Evol-Instruct's, say).
+    sampling: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, options: Any = None, /, **values: Any) -> None:
         super().__init__(options, **values)
@@ -75,11 +94,23 @@ class LLMStep(Step):
     def parse(self, record: Record, answers: list[ChatResult]) -> list[Record] | Rejected:
         raise NotImplementedError
 
+    async def decide(self, record: Record, session: Session, index: int = 0) -> list[Record] | Rejected | Failed:
+        """One record's outcome (`index`: its place in the step's input). By default its `requests` are
+        sent at once and `parse` reads the answers; a multi-stage recipe overrides this and sends each
+        stage's requests once the last stage's answers are read."""
+        answers = await asyncio.gather(*(session.chat(request) for request in self.requests(record)))
+        errors = [answer.error for answer in answers if not answer.ok]
+        if errors:
+            return Failed(errors[0] or "request failed")
+        return self.parse(record, list(answers))
+
     def resolved_endpoint(self) -> EndpointOptions:
         """The run's endpoint with this step's own options over it."""
         base = (self.context.endpoint if self.context else None) or EndpointOptions()
         own = endpoint_values(getattr(self.options, "endpoint", None) or {}, f"{self.name}.endpoint")
-        return dataclasses.replace(base, **own).resolve()
+        merged = dataclasses.replace(base, **own)
+        unset = {name: value for name, value in self.sampling.items() if getattr(merged, name) is None}
+        return dataclasses.replace(merged, **unset).resolve()
 
     def fingerprint(self) -> str:
         endpoint = self.resolved_endpoint()
@@ -87,8 +118,20 @@ class LLMStep(Step):
         return hashlib.sha256(json.dumps([super().fingerprint(), shaping]).encode()).hexdigest()[:16]
 
     def run(self, records: Iterable[Record]) -> Iterator[Record]:
-        assert self.context is not None and self.context.state is not None, "an LLM step runs inside an executor"
         items = list(records)
+        result = self.answer(items)
+        for index, record in enumerate(items):
+            if index in result.outputs:
+                yield from result.outputs[index]
+            elif index in result.rejected:
+                self.drop(record, result.rejected[index].reason, result.rejected[index].detail)
+            elif index in result.failed:
+                yield from result.partial.get(index, [])
+                self.drop(record, "request_failed", result.failed[index])
+
+    def answer(self, items: list[Record]) -> LLMRun:
+        """Decide every record through the run's state; a failure or a stop leaves the step unfinished."""
+        assert self.context is not None and self.context.state is not None, "an LLM step runs inside an executor"
         result = answer_records(
             self, items, self.context.state, self.resolved_endpoint(), self.context.stream, self.context.progress
         )
@@ -98,13 +141,7 @@ class LLMStep(Step):
         if result.failed or result.stopped:
             self.complete = False
             self.context.incomplete = self.context.incomplete or bool(result.failed)
-        for index, record in enumerate(items):
-            if index in result.outputs:
-                yield from result.outputs[index]
-            elif index in result.rejected:
-                self.drop(record, result.rejected[index].reason, result.rejected[index].detail)
-            elif index in result.failed:
-                self.drop(record, "request_failed", result.failed[index])
+        return result
 
     def record_stats(self, result: LLMRun) -> None:
         stats = result.stats
@@ -114,7 +151,7 @@ class LLMStep(Step):
         self.stats.prompt_tokens += stats.prompt_tokens
         self.stats.completion_tokens += stats.completion_tokens
         self.stats.cost_usd += stats.cost_usd
-        self.stats.notes["replayed"] += result.replayed
+        self.stats.notes["replayed"] += result.replayed + result.stages_replayed
         if result.stopped:
             self.stats.notes["pending"] += result.pending(self.stats.seen)
 
@@ -158,6 +195,45 @@ def answer_records(
     return result
 
 
+class Session:
+    """What `LLMStep.decide` reaches the model and the step's memory through, for one step's run: the
+    endpoint's client (and one per other model asked for, e.g. a separate answerer), and the decided stages
+    of multi-stage records, committed one by one to the run state."""
+
+    def __init__(self, llm: LLM, state: RunState, stream: str, stats: RunStats, stack: AsyncExitStack) -> None:
+        self.llm = llm
+        self.endpoint = llm.options
+        self.stats = stats
+        self.replayed = 0
+        self._clients = {llm.options.model: llm}
+        self._state = state
+        self._stream = stream
+        self._stack = stack
+        self._decided = {entry["key"]: entry["value"] for entry in state.replay(stream)}
+
+    async def chat(self, request: ChatRequest, model: str | None = None) -> ChatResult:
+        """Through the cache, retries and budget of the run; `model` names another model on the same endpoint."""
+        name = model or self.endpoint.model
+        client = self._clients.get(name)
+        if client is None:
+            client = LLM(dataclasses.replace(self.endpoint, model=name), self._state.path, self.stats)
+            self._clients[name] = client
+            self._stack.push_async_callback(client.close)
+        return await client.chat(request)
+
+    def recall(self, key: str) -> Any:
+        """A stage decided by this or an earlier run, or None; counted as replayed."""
+        value = self._decided.get(key)
+        if value is not None:
+            self.replayed += 1
+        return value
+
+    def remember(self, key: str, value: Any) -> None:
+        """Commit one decided stage now, so a kill -9 loses at most the stages in flight."""
+        self._state.append(self._stream, {"key": key, "value": value})
+        self._decided[key] = value
+
+
 async def _answer_all(
     step: LLMStep,
     records: list[Record],
@@ -168,28 +244,31 @@ async def _answer_all(
     result: LLMRun,
     progress: bool,
 ) -> None:
-    async with LLM(endpoint, state.path, result.stats) as llm:
+    async with AsyncExitStack() as stack:
+        llm = await stack.enter_async_context(LLM(endpoint, state.path, result.stats))
+        session = Session(llm, state, f"{journal or step.name}/stages", result.stats, stack)
         with RunProgress(step.name, len(records), result.stats, enabled=progress) as bar:
             bar.advance(len(records) - len(todo))
 
             async def answer(index: int) -> None:
-                record = records[index]
-                answers = await asyncio.gather(*(llm.chat(request) for request in step.requests(record)))
-                errors = [answer.error for answer in answers if not answer.ok]
-                if errors:
-                    result.failed[index] = errors[0]
+                decided = await step.decide(records[index], session, index)
+                if isinstance(decided, Failed):
+                    result.failed[index] = decided.error
+                    result.partial[index] = decided.records
                 else:
-                    parsed = step.parse(record, list(answers))
                     entry: dict[str, Any] = (
-                        {"i": index, "reason": parsed.reason, "detail": parsed.detail}
-                        if isinstance(parsed, Rejected) else {"i": index, "records": parsed}
+                        {"i": index, "reason": decided.reason, "detail": decided.detail}
+                        if isinstance(decided, Rejected) else {"i": index, "records": decided}
                     )
                     if journal:
                         state.append(journal, entry)
                     _settle(result, index, entry)
                 bar.advance()
 
-            await run_bounded(todo, answer, limit=llm.options.concurrency * 2)
+            try:
+                await run_bounded(todo, answer, limit=llm.options.concurrency * 2)
+            finally:
+                result.stages_replayed = session.replayed
 
 
 def _settle(result: LLMRun, index: int, entry: dict[str, Any]) -> None:

@@ -567,3 +567,28 @@ def test_help_lists_the_recipe_options_and_wizardlm_defaults():
                  "--no-judge", "--keep-original", "--templates", "--seed", "--max-cost", "--fresh"):
         assert flag in shown
     assert re.search(r"--temperature\s.*1\.0", shown) and re.search(r"--max-tokens\s.*2048", shown)
+
+
+def test_the_api_and_pipeline_step_default_to_the_commands_options_and_sampling(monkeypatch):
+    """One typed place: `EvolOptions` (the API), the `evol` step and `distillery evol` agree on every default."""
+    import dataclasses
+    import inspect
+    from pathlib import Path
+
+    from distillery import cli
+    from distillery.evol import EvolOptions
+    from distillery.recipes import STEPS
+
+    flags = {name: p.default for name, p in inspect.signature(cli.evol).parameters.items()}
+    api = EvolOptions(input=Path("seeds.json"), output=Path("out.json"))
+    for name in ("temperature", "top_p", "max_tokens"):
+        assert getattr(api.endpoint, name) == flags[name], name
+    step = STEPS["evol"]()
+    for spec in dataclasses.fields(step.options):
+        if spec.name in flags and flags[spec.name] is not None:
+            assert getattr(step.options, spec.name) == getattr(api, spec.name) == flags[spec.name], spec.name
+    assert tuple(step.options.methods) == tuple(api.methods) == METHODS
+    monkeypatch.setenv("DISTILLERY_MODEL", "m")
+    resolved = step.resolved_endpoint()
+    assert (resolved.temperature, resolved.top_p, resolved.max_tokens) == (
+        flags["temperature"], flags["top_p"], flags["max_tokens"])

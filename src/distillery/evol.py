@@ -349,6 +349,22 @@ class Evol(LLMStep):
             else:
                 self.drop(attempt.rejection(), "request_failed", attempt.error)
 
+    def estimate_requests(self, record: Record) -> list[ChatRequest]:
+        """Every round at its dearest (rewrite, judge and answer), each prompt built on the seed itself."""
+        root = seed_instruction(record)
+        requests = []
+        for round_ in range(1, self.options.rounds + 1):
+            method, data_format = choose(0, 0, round_, self.options.methods, self.options.lang)
+            prompt = self.templates.prompt(method, root, data_format)
+            requests.append(ChatRequest([{"role": "system", "content": WIZARDLM_SYSTEM},
+                                         {"role": "user", "content": prompt}]))
+            if self.options.judge:
+                requests.append(ChatRequest([{"role": "user", "content": self.templates.judge(root, root)}]))
+            if self.options.answers:
+                requests.append(ChatRequest([{"role": "system", "content": self.options.answer_system
+                                              or WIZARDLM_SYSTEM}, {"role": "user", "content": root}]))
+        return requests
+
     def attempts(self, seeds: list[Record], run: LLMRun) -> list[Attempt]:
         """Every attempt decided, in the order OUTPUT is written: round by round, seeds in input order."""
         decided = [Attempt(**attempt) for index in range(len(seeds))

@@ -94,6 +94,10 @@ class LLMStep(Step):
     def parse(self, record: Record, answers: list[ChatResult]) -> list[Record] | Rejected:
         raise NotImplementedError
 
+    def estimate_requests(self, record: Record) -> list[ChatRequest]:
+        """The most requests a record can need, for `--dry-run`; a multi-stage recipe says its own."""
+        return self.requests(record)
+
     async def decide(self, record: Record, session: Session, index: int = 0) -> list[Record] | Rejected | Failed:
         """One record's outcome (`index`: its place in the step's input). By default its `requests` are
         sent at once and `parse` reads the answers; a multi-stage recipe overrides this and sends each

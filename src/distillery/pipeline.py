@@ -101,7 +101,7 @@ class Pipeline:
 
 def _estimate(step: LLMStep, records: list[dict[str, Any]]) -> Estimate:
     endpoint = step.resolved_endpoint()
-    requests = [request for record in records for request in step.requests(record)]
+    requests = [request for record in records for request in step.estimate_requests(record)]
     prompt = sum(estimate_tokens(message["content"]) for request in requests for message in request.messages)
     per_answer = endpoint.max_tokens or _ASSUMED_COMPLETION_TOKENS
     completion = per_answer * len(requests)

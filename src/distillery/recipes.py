@@ -1,6 +1,6 @@
 """The recipes as steps: thin wrappers, each recipe's logic stays in its own module.
 
-Step names are the names pipeline files and `--set` use: `read`, `respond`, `clean`, `dedup`, `convert`,
+Step names are the names pipeline files and `--set` use: `read`, `respond`, `evol`, `clean`, `dedup`, `convert`,
 `export`, `stats`, `report`. Recipes whose module works on files (clean, export, stats, report) read the
 previous step's output file, which the executor has just written, rather than a second copy.
 """
@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from distillery.errors import InputError, UserError
+from distillery.evol import Evol
 from distillery.executor import stored_records
 from distillery.io import iter_located
 from distillery.respond import Respond
@@ -25,10 +26,13 @@ from distillery.step import GlobalStep, Map, Record, Source, option
 @dataclass
 class ReadOptions:
     files: list[str] = option([], "Record files to read (JSON, JSONL or Parquet); default: the run's --input files.")
+    builtin: str | None = option(None, "Built-in seed set (en, zh, sql) read as Alpaca records when no file is "
+                                       "given, so a pipeline over seeds runs without --input.")
 
 
 class Read(Source):
-    """Records from files: the pipeline's own `files`, else the run's `--input` files."""
+    """Records from files: the pipeline's own `files`, else the run's `--input` files, else the built-in
+    seed set named by `builtin`."""
 
     name = "read"
     Options = ReadOptions
@@ -37,7 +41,7 @@ class Read(Source):
         given = [Path(p) for p in self.options.files]
         if not given and self.context is not None:
             given = list(self.context.inputs)
-        if not given:
+        if not given and not self.options.builtin:
             raise UserError(f"step {self.name!r} has no files to read: give --input FILE (repeatable)")
         return given
 
@@ -53,7 +57,12 @@ class Read(Source):
         return found
 
     def records(self) -> Iterator[Record]:
-        for path in self.paths():
+        paths = self.paths()
+        if not paths:
+            from distillery.self_instruct import load_seeds
+
+            yield from load_seeds(f"builtin:{self.options.builtin}")
+        for path in paths:
             count = 0
             for _, record in iter_located(path):
                 count += 1
@@ -305,4 +314,6 @@ class Report(FileStep):
         yield from stored_records(upstream)
 
 
-STEPS: dict[str, type] = {step.name: step for step in (Read, Respond, Clean, Dedup, Convert, Export, Stats, Report)}
+STEPS: dict[str, type] = {
+    step.name: step for step in (Read, Respond, Evol, Clean, Dedup, Convert, Export, Stats, Report)
+}

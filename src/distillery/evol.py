@@ -126,7 +126,7 @@ EMPTY_REWRITE = "empty_rewrite"
 TRUNCATED = "truncated"
 
 
-@dataclass(kw_only=True)
+@dataclass
 class EvolOptions(EvolSettings):
     """One `distillery evol` run; the random choices are seeded by `endpoint.seed` (0 when unset)."""
 

@@ -21,9 +21,10 @@ LANGS = ("en", "zh")
 SAMPLING: dict[str, Any] = {"temperature": 1.0, "top_p": 0.95, "max_tokens": 2048}
 
 
-@dataclass
+@dataclass(kw_only=True)
 class EvolSettings:
-    """What an Evol-Instruct run does, apart from where it reads, writes and which endpoint it asks."""
+    """What an Evol-Instruct run does, apart from where it reads, writes and which endpoint it asks
+    (keyword-only, so `EvolOptions(input, output, endpoint, rounds=2)` keeps its positional order)."""
 
     rounds: int = option(4, "Evolution rounds (M); each live instruction is evolved once per round.")
     methods: tuple[str, ...] = option(

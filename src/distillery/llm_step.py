@@ -17,7 +17,7 @@ import dataclasses
 import hashlib
 import json
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ from distillery.errors import UserError
 from distillery.llm import LLM, ChatRequest, ChatResult, EndpointOptions, run_bounded, run_within_budget
 from distillery.progress import RunProgress
 from distillery.state import RunState
-from distillery.step import Record, Step, coerce
+from distillery.step import Record, Source, Step, coerce
 
 # What an endpoint option changes in the answers; the rest (concurrency, timeouts, budget) does not.
 _ANSWER_SHAPING = ("model", "base_url", "temperature", "top_p", "max_tokens", "seed")
@@ -77,14 +77,10 @@ class LLMStep(Step):
 
     def resolved_endpoint(self) -> EndpointOptions:
         """The run's endpoint with this step's own options over it."""
-        base = (self.context.endpoint if self.context else None) or EndpointOptions()
-        own = endpoint_values(getattr(self.options, "endpoint", None) or {}, f"{self.name}.endpoint")
-        return dataclasses.replace(base, **own).resolve()
+        return step_endpoint(self)
 
     def fingerprint(self) -> str:
-        endpoint = self.resolved_endpoint()
-        shaping = {name: getattr(endpoint, name) for name in _ANSWER_SHAPING}
-        return hashlib.sha256(json.dumps([super().fingerprint(), shaping]).encode()).hexdigest()[:16]
+        return _with_shaping(super().fingerprint(), self.resolved_endpoint())
 
     def run(self, records: Iterable[Record]) -> Iterator[Record]:
         assert self.context is not None and self.context.state is not None, "an LLM step runs inside an executor"
@@ -117,6 +113,73 @@ class LLMStep(Step):
         self.stats.notes["replayed"] += result.replayed
         if result.stopped:
             self.stats.notes["pending"] += result.pending(self.stats.seen)
+
+
+class LLMSource(Source):
+    """A source that makes records by asking a model, deciding each next request from the answers so far
+    (self-instruct: its ROUGE-L pool grows as tasks are accepted, and it stops at `num`). `generate(llm,
+    stream)` is the recipe's coroutine; this class gives it a client over the run state (cache, journal
+    streams prefixed with `stream`, retries, budget), and counts requests, tokens and cost. `recipe_defaults`
+    are endpoint options the recipe wants where neither the run nor the step sets them."""
+
+    name = "llm_source"
+    recipe_defaults: dict[str, Any] = {}  # noqa: RUF012 - read only
+
+    def __init__(self, options: Any = None, /, **values: Any) -> None:
+        super().__init__(options, **values)
+        endpoint_values(getattr(self.options, "endpoint", None) or {}, f"{self.name}.endpoint")  # fail early
+        self.llm_stats = RunStats()
+
+    def resolved_endpoint(self) -> EndpointOptions:
+        return step_endpoint(self, self.recipe_defaults)
+
+    def fingerprint(self) -> str:
+        return _with_shaping(super().fingerprint(), self.resolved_endpoint())
+
+    def estimate_requests(self) -> tuple[list[ChatRequest], int]:
+        """Sample requests and how many requests the step expects to send: what `--dry-run` prices."""
+        raise NotImplementedError
+
+    def ask(self, generate: Callable[[LLM, str], Awaitable[None]]) -> str | None:
+        """Run the recipe's coroutine with a client on the run state; returns why it stopped early (budget,
+        Ctrl-C), recorded on the run so the executor stops after this step and exits 4."""
+        assert self.context is not None and self.context.state is not None, "an LLM source runs inside an executor"
+        stopped = with_llm(self.resolved_endpoint(), self.context.state.path, self.llm_stats,
+                           lambda llm: generate(llm, f"{self.context.stream}:" if self.context else ""))
+        stats = self.llm_stats
+        self.stats.sent, self.stats.cached, self.stats.failed = stats.sent, stats.cached, stats.failed
+        self.stats.prompt_tokens, self.stats.completion_tokens = stats.prompt_tokens, stats.completion_tokens
+        self.stats.cost_usd = stats.cost_usd
+        if stopped:
+            self.context.stopped = stopped
+            self.complete = False
+        return stopped
+
+
+def with_llm(
+    endpoint: EndpointOptions, state_path: Path, stats: RunStats, work: Callable[[LLM], Awaitable[None]],
+) -> str | None:
+    """The one place a recipe's model work gets its event loop and client: `work(llm)` runs with a client
+    whose cache and journal live in `state_path`; --max-cost and Ctrl-C end it cleanly, the reason returned."""
+
+    async def main() -> None:
+        async with LLM(endpoint, state_path, stats) as llm:
+            await work(llm)
+
+    return run_within_budget(main())
+
+
+def step_endpoint(step: Step, defaults: dict[str, Any] | None = None) -> EndpointOptions:
+    """The run's endpoint with the step's own options over it; `defaults` fill what neither sets."""
+    base = (step.context.endpoint if step.context else None) or EndpointOptions()
+    unset = {name: value for name, value in (defaults or {}).items() if getattr(base, name) is None}
+    own = endpoint_values(getattr(step.options, "endpoint", None) or {}, f"{step.name}.endpoint")
+    return dataclasses.replace(base, **{**unset, **own}).resolve()
+
+
+def _with_shaping(fingerprint: str, endpoint: EndpointOptions) -> str:
+    shaping = {name: getattr(endpoint, name) for name in _ANSWER_SHAPING}
+    return hashlib.sha256(json.dumps([fingerprint, shaping]).encode()).hexdigest()[:16]
 
 
 def endpoint_values(values: dict[str, Any], where: str) -> dict[str, Any]:

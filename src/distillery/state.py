@@ -86,7 +86,9 @@ class RunState:
             self.connection.execute("BEGIN")
             row = self.connection.execute("SELECT fingerprint FROM steps WHERE position = ?", (position,)).fetchone()
             if row is not None and row[0] != fingerprint:
-                self.connection.execute("DELETE FROM journal WHERE stream = ?", (_stream(position, name),))
+                stream = _stream(position, name)  # the step's stream, and those it named after it
+                self.connection.execute("DELETE FROM journal WHERE stream = ? OR substr(stream, 1, ?) = ?",
+                                        (stream, len(stream) + 1, f"{stream}:"))
             self.connection.execute("UPDATE steps SET done = 0 WHERE position >= ?", (position,))
             self.connection.execute(
                 "INSERT OR REPLACE INTO steps VALUES (?, ?, ?, 0, NULL, ?)", (position, name, fingerprint, time.time())

@@ -140,12 +140,13 @@ class LLMSource(Source):
         """Sample requests and how many requests the step expects to send: what `--dry-run` prices."""
         raise NotImplementedError
 
-    def ask(self, generate: Callable[[LLM, str], Awaitable[None]]) -> str | None:
+    def ask(self, generate: Callable[[LLM, RunState, str], Awaitable[None]]) -> str | None:
         """Run the recipe's coroutine with a client on the run state; returns why it stopped early (budget,
         Ctrl-C), recorded on the run so the executor stops after this step and exits 4."""
         assert self.context is not None and self.context.state is not None, "an LLM source runs inside an executor"
-        stopped = with_llm(self.resolved_endpoint(), self.context.state.path, self.llm_stats,
-                           lambda llm: generate(llm, f"{self.context.stream}:" if self.context else ""))
+        stream = f"{self.context.stream}:"
+        stopped = with_llm(self.resolved_endpoint(), self.context.state, self.llm_stats,
+                           lambda llm, state: generate(llm, state, stream))
         stats = self.llm_stats
         self.stats.sent, self.stats.cached, self.stats.failed = stats.sent, stats.cached, stats.failed
         self.stats.prompt_tokens, self.stats.completion_tokens = stats.prompt_tokens, stats.completion_tokens
@@ -157,16 +158,24 @@ class LLMSource(Source):
 
 
 def with_llm(
-    endpoint: EndpointOptions, state_path: Path, stats: RunStats, work: Callable[[LLM], Awaitable[None]],
+    endpoint: EndpointOptions, state: RunState | Path, stats: RunStats,
+    work: Callable[[LLM, RunState], Awaitable[None]],
 ) -> str | None:
-    """The one place a recipe's model work gets its event loop and client: `work(llm)` runs with a client
-    whose cache and journal live in `state_path`; --max-cost and Ctrl-C end it cleanly, the reason returned."""
+    """The one place a recipe's model work gets its event loop, client and state: `work(llm, state)` runs
+    with a client whose cache lives in the run state (or in a state file a command keeps beside its
+    output); --max-cost and Ctrl-C end it cleanly, and the reason is returned."""
+    owned = isinstance(state, Path)
+    run_state = RunState(state, lock=False) if owned else state
 
     async def main() -> None:
-        async with LLM(endpoint, state_path, stats) as llm:
-            await work(llm)
+        async with LLM(endpoint, run_state.path, stats) as llm:
+            await work(llm, run_state)
 
-    return run_within_budget(main())
+    try:
+        return run_within_budget(main())
+    finally:
+        if owned:
+            run_state.close()
 
 
 def step_endpoint(step: Step, defaults: dict[str, Any] | None = None) -> EndpointOptions:

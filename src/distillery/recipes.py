@@ -158,8 +158,8 @@ class SelfInstruct(LLMSource):
         self.context.step_dir.mkdir(parents=True, exist_ok=True)
         write_records(self.context.step_dir / SEEDS, seeds, layout="jsonl")  # for `dedup.against_seeds`
         made = Generated(stats=self.llm_stats)
-        self.ask(lambda llm, stream: generate_with(llm, recipe, seeds, template, stream, made, self.context.progress
-                                                   if self.context else False))
+        progress = self.context.progress
+        self.ask(lambda llm, state, stream: generate_with(llm, state, recipe, seeds, template, stream, made, progress))
         for record in made.rejected:
             reason, stage = record.pop("reason"), record.pop("stage")
             self.drop(record, reason, {"stage": stage, "detail": record.pop("detail", None)})

@@ -21,13 +21,11 @@ from __future__ import annotations
 import asyncio
 import random
 import re
-import sqlite3
 import string
 import time
 import unicodedata
 from collections import Counter, deque
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -40,13 +38,13 @@ from distillery.cost import RunStats
 from distillery.dedup import RougeIndex
 from distillery.errors import InputError, UserError
 from distillery.io import file_format, iter_located, read_text, sidecar, write_json, write_records
-from distillery.journal import Journal
 from distillery.langid import is_language, known_code
 from distillery.llm import LLM, ChatRequest, ChatResult, EndpointOptions, exit_status, run_bounded
 from distillery.llm_step import with_llm
 from distillery.pipeline import Filter, Step, run_pipeline
 from distillery.progress import RunProgress
 from distillery.sql_check import check_sql, strip_fence
+from distillery.state import RunState
 
 Record = dict[str, Any]
 
@@ -622,22 +620,12 @@ def examples_pool(seeds: list[Record], lang: str, per_prompt: int) -> list[Recor
     return matching if len(matching) >= 2 * per_prompt else seeds
 
 
-@contextmanager
-def _transaction(connection: sqlite3.Connection) -> Iterator[None]:
-    connection.execute("BEGIN")
-    try:
-        yield
-    except BaseException:
-        connection.execute("ROLLBACK")
-        raise
-    connection.execute("COMMIT")
-
-
 class _Run:
     """The state of one output's generation: journals, dedup index and counters, replayed on start."""
 
     def __init__(
-        self, options: SelfInstructOptions, seeds: list[Record], template: PromptTemplate, llm: LLM, stream: str = "",
+        self, options: SelfInstructOptions, seeds: list[Record], template: PromptTemplate, llm: LLM,
+        state: RunState, stream: str = "",
     ):
         self.options = options
         self.examples = examples_pool(seeds, options.lang, options.prompt_examples)
@@ -645,12 +633,11 @@ class _Run:
         self.requirements = _requirements(options)
         self.llm = llm
         self.seed = llm.options.seed
-        connection = llm.cache.connection
-        self.connection = connection
-        self.issued = Journal(connection, f"{stream}issued")
-        self.accepted_log = Journal(connection, f"{stream}accepted")
-        self.rejected_log = Journal(connection, f"{stream}rejected")
-        self.processed_log = Journal(connection, f"{stream}processed")
+        self.state = state
+        self.issued = state.journal(f"{stream}issued")
+        self.accepted_log = state.journal(f"{stream}accepted")
+        self.rejected_log = state.journal(f"{stream}rejected")
+        self.processed_log = state.journal(f"{stream}processed")
         self.accepted: list[Record] = list(self.accepted_log)
         index = RougeIndex(options.rouge_threshold)
         for task in [*seeds, *self.accepted]:
@@ -776,7 +763,7 @@ class _Run:
             filtered += stage != "parse"
             self.rejected_log.append({**record, "reason": reason, "stage": stage, "source_request": number})
 
-        with _transaction(self.connection):
+        with self.state.atomically():
             if parsed.truncated is not None:
                 reject(parsed.truncated, "parse", "truncated")
             for raw in parsed.failures:
@@ -824,12 +811,13 @@ def generate(options: SelfInstructOptions, progress: bool = True) -> SelfInstruc
     started = time.monotonic()
     made = Generated()
     made.budget = with_llm(endpoint, state_path(options.output), made.stats,
-                           lambda llm: generate_with(llm, options, seeds, template, "", made, progress))
+                           lambda llm, state: generate_with(llm, state, options, seeds, template, "", made, progress))
     return _write_outputs(options, endpoint, seeds, made, time.monotonic() - started)
 
 
 async def generate_with(
     llm: LLM,
+    state: RunState,
     options: SelfInstructOptions,
     seeds: list[Record],
     template: PromptTemplate,
@@ -837,9 +825,10 @@ async def generate_with(
     made: Generated,
     progress: bool,
 ) -> None:
-    """The request/answer loop over a client the caller opened (the command's, or a pipeline step's on the
-    run state); its journals are named after `stream`, and what it decided lands in `made`."""
-    run = _Run(options, seeds, template, llm, stream)
+    """The request/answer loop over a client and state the caller opened (the command's state file beside
+    its output, or a pipeline's run state); its journals are named after `stream`, and what it decided
+    lands in `made`. No connection or event loop of its own."""
+    run = _Run(options, seeds, template, llm, state, stream)
     try:
         with RunProgress("self-instruct", options.num, made.stats, enabled=progress) as bar:
             bar.advance(min(len(run.accepted), options.num))

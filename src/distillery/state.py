@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +69,21 @@ class RunState:
 
     def replay(self, stream: str) -> list[Any]:
         return list(Journal(self.connection, stream))
+
+    def journal(self, stream: str) -> Journal:
+        """One stream of the journal, for a recipe that appends to several in one `atomically` block."""
+        return Journal(self.connection, stream)
+
+    @contextmanager
+    def atomically(self) -> Iterator[None]:
+        """Every journal write inside is committed together or not at all (one answer's whole outcome)."""
+        self.connection.execute("BEGIN")
+        try:
+            yield
+        except BaseException:
+            self.connection.execute("ROLLBACK")
+            raise
+        self.connection.execute("COMMIT")
 
     # --- steps: fingerprints and done markers ------------------------------------------------------------
 

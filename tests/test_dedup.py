@@ -205,6 +205,7 @@ def test_length_sorted_postings_keep_every_partner_at_the_length_bounds(threshol
         assert partners <= candidates, (length, sorted(partners - candidates))
 
 
+@pytest.mark.anchors
 @pytest.mark.parametrize("method", ["rouge-l", "minhash"])
 def test_each_text_is_tokenized_and_hashed_once(monkeypatch, method):
     """find_duplicate and the add of the same text that follows share one tokenization and signature."""
@@ -223,6 +224,7 @@ def test_each_text_is_tokenized_and_hashed_once(monkeypatch, method):
     assert len(calls) == len(seeds) + len(texts)
 
 
+@pytest.mark.anchors
 def test_minhash_signatures_and_decisions_are_datasketchs():
     """Bit-identical to datasketch's MinHash (default scheme, shared permutations) in a MinHashLSH."""
     from datasketch import LeanMinHash, MinHash, MinHashLSH

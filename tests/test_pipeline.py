@@ -3,6 +3,7 @@ finished steps, the one summary and rejection schema, and the core's pieces on t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -15,6 +16,7 @@ from conftest import cli_env, cli_exe, run_cli
 from fake_openai import FakeOpenAI, Reply, user_text
 from tiny_tokenizer import CHATML_JINJA, build_tiny_tokenizer
 
+from distillery.endpoint import EndpointOptions
 from distillery.executor import LocalExecutor
 from distillery.pipeline import Pipeline, load_pipeline
 from distillery.recipes import Convert, Dedup, Export, Read, Stats
@@ -22,6 +24,7 @@ from distillery.report import ReportOptions, collect
 from distillery.step import Filter
 from distillery.summary import SCHEMA, StageStats, Summary
 
+ENDPOINT_FLAGS = {f.name for f in dataclasses.fields(EndpointOptions)}  # every LLM command's, from one place
 RAW_SHAREGPT = Path(__file__).resolve().parents[1] / "examples" / "sharegpt_raw.json"
 # Language identification of short instructions loads lingua's large models: seconds no test here needs.
 NO_LANG = ("--set", "report.lang_sample=0")
@@ -296,7 +299,8 @@ def test_a_run_whose_records_are_all_dropped_finishes_empty(tmp_path):
 
 @pytest.mark.parametrize(("command", "step", "command_only", "step_only"), [
     ("clean", "clean", {"input", "output", "rejected", "workers", "chunk_size"}, set()),
-    ("dedup", "dedup", {"input", "output", "rejected"}, {"num_perm"}),
+    ("dedup", "dedup", {"input", "output", "rejected"}, {"num_perm", "against_seeds"}),
+    ("self_instruct", "self_instruct", {"output", *ENDPOINT_FLAGS}, {"endpoint"}),
     ("convert", "convert", {"input", "output", "rejected", "dataset_info", "name"}, set()),
     ("export", "export", {"input", "output", "rejected", "allow_template_mismatch"}, {"format", "name"}),
     ("stats", "stats", {"input", "json_path"}, set()),

@@ -26,7 +26,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from importlib.resources import files
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 from distillery.cache import canonical_request, prepare_state, state_path
 from distillery.cost import RunStats
@@ -322,7 +322,7 @@ class Evol(LLMStep):
 
     name = "evol"
     Options = EvolStepOptions
-    sampling: ClassVar[dict[str, Any]] = SAMPLING
+    recipe_defaults = SAMPLING
 
     def __init__(self, options: Any = None, /, **values: Any) -> None:
         super().__init__(options, **values)

@@ -10,9 +10,10 @@ records not yet answered are pending. With a journal stream, each record's outco
 is decided, so a re-run replays decided records without even looking at the cache.
 
 A record that needs several rounds of requests, each depending on the answers before (Evol-Instruct's
-rewrite, judge, answer, round after round), overrides `decide(record, session)` instead: a coroutine that
-asks `session.chat` as often as it needs and may `session.remember` each decided stage under a key, so a
-re-run after a kill -9 replays those stages (`session.recall`) instead of deciding them again.
+rewrite, judge, answer, round after round), overrides `decide(record, session, index)` instead: a
+coroutine that asks `session.chat` as often as it needs and may `session.remember` each decided stage
+under a key, so a re-run after a kill -9 replays those stages (`session.recall`) instead of deciding
+them again.
 """
 
 from __future__ import annotations
@@ -22,18 +23,18 @@ import dataclasses
 import hashlib
 import json
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 from distillery.cost import RunStats
 from distillery.errors import UserError
 from distillery.llm import LLM, ChatRequest, ChatResult, EndpointOptions, run_bounded, run_within_budget
 from distillery.progress import RunProgress
 from distillery.state import RunState
-from distillery.step import Record, Step, coerce
+from distillery.step import Record, Source, Step, coerce
 
 # What an endpoint option changes in the answers; the rest (concurrency, timeouts, budget) does not.
 _ANSWER_SHAPING = ("model", "base_url", "temperature", "top_p", "max_tokens", "seed")
@@ -81,8 +82,7 @@ class LLMStep(Step):
 
     name = "llm"
     barrier = True  # answers come back in any order; records leave in input order
-    # Sampling this recipe uses wherever neither the run nor the step sets it (Evol-Instruct's, say).
-    sampling: ClassVar[dict[str, Any]] = {}
+    recipe_defaults: dict[str, Any] = {}  # noqa: RUF012 - read only; endpoint options neither run nor step set
 
     def __init__(self, options: Any = None, /, **values: Any) -> None:
         super().__init__(options, **values)
@@ -109,17 +109,11 @@ class LLMStep(Step):
         return self.parse(record, list(answers))
 
     def resolved_endpoint(self) -> EndpointOptions:
-        """The run's endpoint with this step's own options over it."""
-        base = (self.context.endpoint if self.context else None) or EndpointOptions()
-        own = endpoint_values(getattr(self.options, "endpoint", None) or {}, f"{self.name}.endpoint")
-        merged = dataclasses.replace(base, **own)
-        unset = {name: value for name, value in self.sampling.items() if getattr(merged, name) is None}
-        return dataclasses.replace(merged, **unset).resolve()
+        """The run's endpoint with this step's own options over it, and the recipe's defaults under both."""
+        return step_endpoint(self, self.recipe_defaults)
 
     def fingerprint(self) -> str:
-        endpoint = self.resolved_endpoint()
-        shaping = {name: getattr(endpoint, name) for name in _ANSWER_SHAPING}
-        return hashlib.sha256(json.dumps([super().fingerprint(), shaping]).encode()).hexdigest()[:16]
+        return _with_shaping(super().fingerprint(), self.resolved_endpoint())
 
     def run(self, records: Iterable[Record]) -> Iterator[Record]:
         items = list(records)
@@ -158,6 +152,82 @@ class LLMStep(Step):
         self.stats.notes["replayed"] += result.replayed + result.stages_replayed
         if result.stopped:
             self.stats.notes["pending"] += result.pending(self.stats.seen)
+
+
+class LLMSource(Source):
+    """A source that makes records by asking a model, deciding each next request from the answers so far
+    (self-instruct: its ROUGE-L pool grows as tasks are accepted, and it stops at `num`). `generate(llm,
+    stream)` is the recipe's coroutine; this class gives it a client over the run state (cache, journal
+    streams prefixed with `stream`, retries, budget), and counts requests, tokens and cost. `recipe_defaults`
+    are endpoint options the recipe wants where neither the run nor the step sets them."""
+
+    name = "llm_source"
+    recipe_defaults: dict[str, Any] = {}  # noqa: RUF012 - read only
+
+    def __init__(self, options: Any = None, /, **values: Any) -> None:
+        super().__init__(options, **values)
+        endpoint_values(getattr(self.options, "endpoint", None) or {}, f"{self.name}.endpoint")  # fail early
+        self.llm_stats = RunStats()
+
+    def resolved_endpoint(self) -> EndpointOptions:
+        return step_endpoint(self, self.recipe_defaults)
+
+    def fingerprint(self) -> str:
+        return _with_shaping(super().fingerprint(), self.resolved_endpoint())
+
+    def estimate_requests(self) -> tuple[list[ChatRequest], int]:
+        """Sample requests and how many requests the step expects to send: what `--dry-run` prices."""
+        raise NotImplementedError
+
+    def ask(self, generate: Callable[[LLM, RunState, str], Awaitable[None]]) -> str | None:
+        """Run the recipe's coroutine with a client on the run state; returns why it stopped early (budget,
+        Ctrl-C), recorded on the run so the executor stops after this step and exits 4."""
+        assert self.context is not None and self.context.state is not None, "an LLM source runs inside an executor"
+        stream = f"{self.context.stream}:"
+        stopped = with_llm(self.resolved_endpoint(), self.context.state, self.llm_stats,
+                           lambda llm, state: generate(llm, state, stream))
+        stats = self.llm_stats
+        self.stats.sent, self.stats.cached, self.stats.failed = stats.sent, stats.cached, stats.failed
+        self.stats.prompt_tokens, self.stats.completion_tokens = stats.prompt_tokens, stats.completion_tokens
+        self.stats.cost_usd = stats.cost_usd
+        if stopped:
+            self.context.stopped = stopped
+            self.complete = False
+        return stopped
+
+
+def with_llm(
+    endpoint: EndpointOptions, state: RunState | Path, stats: RunStats,
+    work: Callable[[LLM, RunState], Awaitable[None]],
+) -> str | None:
+    """The one place a recipe's model work gets its event loop, client and state: `work(llm, state)` runs
+    with a client whose cache lives in the run state (or in a state file a command keeps beside its
+    output); --max-cost and Ctrl-C end it cleanly, and the reason is returned."""
+    owned = isinstance(state, Path)
+    run_state = RunState(state, lock=False) if owned else state
+
+    async def main() -> None:
+        async with LLM(endpoint, run_state.path, stats) as llm:
+            await work(llm, run_state)
+
+    try:
+        return run_within_budget(main())
+    finally:
+        if owned:
+            run_state.close()
+
+
+def step_endpoint(step: Step, defaults: dict[str, Any] | None = None) -> EndpointOptions:
+    """The run's endpoint with the step's own options over it; `defaults` fill what neither sets."""
+    base = (step.context.endpoint if step.context else None) or EndpointOptions()
+    unset = {name: value for name, value in (defaults or {}).items() if getattr(base, name) is None}
+    own = endpoint_values(getattr(step.options, "endpoint", None) or {}, f"{step.name}.endpoint")
+    return dataclasses.replace(base, **{**unset, **own}).resolve()
+
+
+def _with_shaping(fingerprint: str, endpoint: EndpointOptions) -> str:
+    shaping = {name: getattr(endpoint, name) for name in _ANSWER_SHAPING}
+    return hashlib.sha256(json.dumps([fingerprint, shaping]).encode()).hexdigest()[:16]
 
 
 def endpoint_values(values: dict[str, Any], where: str) -> dict[str, Any]:
@@ -250,7 +320,7 @@ async def _answer_all(
 ) -> None:
     async with AsyncExitStack() as stack:
         llm = await stack.enter_async_context(LLM(endpoint, state.path, result.stats))
-        session = Session(llm, state, f"{journal or step.name}/stages", result.stats, stack)
+        session = Session(llm, state, f"{journal or step.name}:stages", result.stats, stack)
         with RunProgress(step.name, len(records), result.stats, enabled=progress) as bar:
             bar.advance(len(records) - len(todo))
 

@@ -30,8 +30,8 @@ import yaml
 from distillery.cost import Pricing
 from distillery.errors import InputError, UserError
 from distillery.executor import LocalExecutor, RunResult
-from distillery.llm import EndpointOptions
-from distillery.llm_step import LLMStep, endpoint_values
+from distillery.llm import ChatRequest, EndpointOptions
+from distillery.llm_step import LLMSource, LLMStep, endpoint_values
 from distillery.step import Filter, Source, Step, option_rows, run_steps
 from distillery.summary import StageStats
 from distillery.tokens import estimate_tokens
@@ -92,7 +92,10 @@ class Pipeline:
         records: list[dict[str, Any]] = []
         estimates = []
         for step in self.steps:
-            if isinstance(step, Source):
+            if isinstance(step, LLMSource):  # its records are what the model will write: none to count yet
+                samples, expected = step.estimate_requests()
+                estimates.append(_priced(step.name, step.resolved_endpoint(), samples, expected))
+            elif isinstance(step, Source):
                 records += list(step.records())
             elif isinstance(step, LLMStep):
                 estimates.append(_estimate(step, records))
@@ -100,13 +103,18 @@ class Pipeline:
 
 
 def _estimate(step: LLMStep, records: list[dict[str, Any]]) -> Estimate:
-    endpoint = step.resolved_endpoint()
     requests = [request for record in records for request in step.estimate_requests(record)]
-    prompt = sum(estimate_tokens(message["content"]) for request in requests for message in request.messages)
+    return _priced(step.name, step.resolved_endpoint(), requests, len(requests))
+
+
+def _priced(step: str, endpoint: EndpointOptions, samples: list[ChatRequest], count: int) -> Estimate:
+    """`count` requests like `samples` (all of them, or a few typical ones), priced at the step's model."""
+    prompt_each = sum(estimate_tokens(m["content"]) for request in samples for m in request.messages)
+    prompt = round(prompt_each * count / len(samples)) if samples else 0
     per_answer = endpoint.max_tokens or _ASSUMED_COMPLETION_TOKENS
-    completion = per_answer * len(requests)
+    completion = per_answer * count
     pricing = Pricing.for_model(endpoint.model or "", endpoint.price_input, endpoint.price_output)
-    return Estimate(step.name, endpoint.model or "", len(requests), prompt, completion,
+    return Estimate(step, endpoint.model or "", count, prompt, completion,
                     pricing.cost(prompt, completion), endpoint.max_tokens is None)
 
 

@@ -16,7 +16,9 @@ from typing import Any
 from distillery.errors import InputError, UserError
 from distillery.evol import Evol
 from distillery.executor import stored_records
-from distillery.io import iter_located
+from distillery.io import iter_located, write_records
+from distillery.llm import ChatRequest
+from distillery.llm_step import LLMSource
 from distillery.respond import Respond
 from distillery.step import GlobalStep, Map, Record, Source, option
 
@@ -69,6 +71,115 @@ class Read(Source):
                 yield record
             if not count:
                 raise InputError(path, "holds no records")
+
+
+SEEDS = "seeds.jsonl"  # a generating step's seed tasks, in its folder
+
+# --- self-instruct -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class SelfInstructStepOptions:
+    num: int = option(100, "Accepted tasks to produce.")
+    seeds: str | None = option(None, "Seed tasks: builtin:en, builtin:zh, builtin:sql, or a file of Alpaca seed "
+                                     "tasks or records; default: the run's --input file, else builtin:LANG "
+                                     "(builtin:sql for text-to-sql).")
+    lang: str = option("en", "Language every kept instruction (and output) must be in.")
+    task_type: str = option("general", "general, or text-to-sql (every query run on its schema).")
+    template: Path | None = option(None, "Prompt template file with an {examples} slot.")
+    prompt_examples: int = option(3, "Seed tasks shown in each prompt.")
+    machine_examples: int = option(0, "Already accepted tasks shown in each prompt.")
+    tasks_per_request: int = option(20, "Length of the task list each prompt asks for, examples included.")
+    constraint: list[str] = option([], "Extra requirements added to the prompt.")
+    rouge_threshold: float = option(0.7, "Drop a task whose ROUGE-L against a seed or a kept task is above this.")
+    min_length: int | None = option(None, "Shortest instruction kept, in words (characters for zh/ja/ko).")
+    max_length: int | None = option(None, "Longest instruction kept, in words (characters for zh/ja/ko).")
+    block: list[str] = option([], "More blocklisted words.")
+    default_blocklist: bool = option(True, "Use Alpaca's blocklist (the Chinese list for zh).")
+    with_meta: bool = option(False, "Add most_similar_instructions, avg_similarity_score and source_request.")
+    endpoint: dict[str, Any] = option({}, "Endpoint options for this step only.")
+
+
+class SelfInstruct(LLMSource):
+    """Self-Instruct / Alpaca generation (`self_instruct`): tasks made from seed tasks by the teacher, its
+    request/answer loop run on the run state, so a killed run resumes without re-sending answered requests."""
+
+    name = "self_instruct"
+    Options = SelfInstructStepOptions
+
+    def __init__(self, options: Any = None, /, **values: Any) -> None:
+        super().__init__(options, **values)
+        from distillery.self_instruct import RECIPE_DEFAULTS
+
+        self.recipe_defaults = RECIPE_DEFAULTS
+        self.recipe().validate()  # impossible settings fail before anything is read or sent
+
+    def recipe(self) -> Any:
+        """The recipe's own options, with the step's endpoint resolved when the step is bound to a run."""
+        from distillery.self_instruct import SelfInstructOptions
+
+        o = self.options
+        seeds = o.seeds
+        if seeds is None and self.context is not None and self.context.inputs:
+            if len(self.context.inputs) > 1:
+                raise UserError(f"step {self.name!r} reads one seed file; got {len(self.context.inputs)} --input files")
+            seeds = str(self.context.inputs[0])
+        return SelfInstructOptions(
+            num=o.num, seeds=seeds, lang=o.lang, task_type=o.task_type, template=o.template,
+            prompt_examples=o.prompt_examples, machine_examples=o.machine_examples,
+            tasks_per_request=o.tasks_per_request, constraints=list(o.constraint), rouge_threshold=o.rouge_threshold,
+            min_length=o.min_length, max_length=o.max_length, block=list(o.block),
+            default_blocklist=o.default_blocklist, with_meta=o.with_meta)
+
+    def identity(self) -> Any:
+        """A seed or template file by name, size and time: editing one makes new tasks."""
+        found = []
+        for given in (self.recipe().seeds, self.options.template):
+            if given is None or str(given).startswith("builtin:"):
+                continue
+            try:
+                info = os.stat(given)
+            except OSError:
+                raise InputError(given, "no such file") from None
+            found.append([str(Path(given).resolve()), info.st_size, info.st_mtime_ns])
+        return found
+
+    def estimate_requests(self) -> tuple[list[Any], int]:
+        """Prompts as the first requests would be, and the requests `num` tasks take at Alpaca's usual yield
+        (about half the new tasks a prompt asks for)."""
+        from distillery.self_instruct import PromptTemplate, _requirements, examples_pool, load_seeds
+
+        recipe = self.recipe()
+        seeds = examples_pool(load_seeds(recipe.seed_spec), recipe.lang, recipe.prompt_examples)
+        template = PromptTemplate.load(recipe)
+        per_answer = max(1.0, (recipe.tasks_per_request - recipe.prompt_examples - recipe.machine_examples) / 2)
+        expected = -(-recipe.num // int(per_answer))
+        text = template.render(seeds[: recipe.prompt_examples], _requirements(recipe), recipe.tasks_per_request)
+        return [ChatRequest([{"role": "user", "content": text}])], expected
+
+    def records(self) -> Iterator[Record]:
+        from distillery.self_instruct import Generated, PromptTemplate, final_records, generate_with, load_seeds
+
+        assert self.context is not None
+        recipe = self.recipe()
+        seeds = load_seeds(recipe.seed_spec)
+        template = PromptTemplate.load(recipe)
+        self.context.step_dir.mkdir(parents=True, exist_ok=True)
+        write_records(self.context.step_dir / SEEDS, seeds, layout="jsonl")  # for `dedup.against_seeds`
+        made = Generated(stats=self.llm_stats)
+        progress = self.context.progress
+        self.ask(lambda llm, state, stream: generate_with(llm, state, recipe, seeds, template, stream, made, progress))
+        for record in made.rejected:
+            reason, stage = record.pop("reason"), record.pop("stage")
+            self.drop(record, reason, {"stage": stage, "detail": record.pop("detail", None)})
+        for failure in made.failed:
+            self.drop(failure, "request_failed", failure.get("error"))
+        if made.stopped and not self.context.stopped:
+            self.context.stopped = None
+            self.context.incomplete = True
+            self.complete = False
+            self.stats.notes["stopped_early"] += 1
+        yield from final_records(recipe, seeds, made)
 
 
 # --- clean -------------------------------------------------------------------------------------------------
@@ -162,6 +273,8 @@ class DedupStepOptions:
     field: str = option("instruction", "Alpaca field compared; chats use their first user turn.")
     num_perm: int = option(128, "MinHash permutations.")
     against: list[str] = option([], "Files whose records are compared with but never written.")
+    against_seeds: bool = option(False, "Also compare with the seed tasks of an earlier generating step "
+                                        "(self_instruct), whichever seeds it used.")
 
 
 class Dedup(GlobalStep):
@@ -176,6 +289,13 @@ class Dedup(GlobalStep):
         o = self.options
         options = DedupOptions(method=o.method, threshold=o.threshold, field=o.field, num_perm=o.num_perm)
         pool = pool_texts(o.against, o.field)
+        if o.against_seeds:
+            assert self.context is not None, "against_seeds reads the run directory"
+            found = sorted(self.context.run_dir.glob(f"steps/*/{SEEDS}"))
+            found = [path for path in found if path.parent.name < self.context.step_dir.name]
+            if not found:
+                raise UserError(f"{self.name}.against_seeds: no earlier step of this pipeline made records from seeds")
+            pool += pool_texts(found, o.field)
         yield from dedup_records(records, pool, options, lambda dup: self.drop(
             dup.record, dup.reason, {"score": dup.score, "most_similar": dup.most_similar}))
 
@@ -315,5 +435,5 @@ class Report(FileStep):
 
 
 STEPS: dict[str, type] = {
-    step.name: step for step in (Read, Respond, Evol, Clean, Dedup, Convert, Export, Stats, Report)
+    step.name: step for step in (Read, SelfInstruct, Respond, Evol, Clean, Dedup, Convert, Export, Stats, Report)
 }

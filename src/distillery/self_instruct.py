@@ -21,13 +21,11 @@ from __future__ import annotations
 import asyncio
 import random
 import re
-import sqlite3
 import string
 import time
 import unicodedata
 from collections import Counter, deque
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -40,20 +38,13 @@ from distillery.cost import RunStats
 from distillery.dedup import RougeIndex
 from distillery.errors import InputError, UserError
 from distillery.io import file_format, iter_located, read_text, sidecar, write_json, write_records
-from distillery.journal import Journal
 from distillery.langid import is_language, known_code
-from distillery.llm import (
-    LLM,
-    ChatRequest,
-    ChatResult,
-    EndpointOptions,
-    exit_status,
-    run_bounded,
-    run_within_budget,
-)
+from distillery.llm import LLM, ChatRequest, ChatResult, EndpointOptions, exit_status, run_bounded
+from distillery.llm_step import with_llm
 from distillery.pipeline import Filter, Step, run_pipeline
 from distillery.progress import RunProgress
 from distillery.sql_check import check_sql, strip_fence
+from distillery.state import RunState
 
 Record = dict[str, Any]
 
@@ -137,7 +128,7 @@ ZH_LABELS = Labels("指令", "输入", "输出", "<无输入>", "：")
 class SelfInstructOptions:
     """Everything a Self-Instruct run needs; the CLI maps its flags onto this and nothing else."""
 
-    output: Path
+    output: Path | None = None  # the command's output file; None inside a pipeline, whose executor writes
     num: int = 100
     seeds: str | None = None
     lang: str = "en"
@@ -157,7 +148,7 @@ class SelfInstructOptions:
 
     def validate(self) -> None:
         """Reject impossible settings before anything is read, sent or written."""
-        if file_format(self.output) not in ("json", "jsonl"):
+        if self.output is not None and file_format(self.output) not in ("json", "jsonl"):
             raise UserError(f"{self.output}: self-instruct writes a JSON list (.json) or JSON Lines (.jsonl)")
         if self.num < 1:
             raise UserError("--num must be at least 1")
@@ -629,33 +620,24 @@ def examples_pool(seeds: list[Record], lang: str, per_prompt: int) -> list[Recor
     return matching if len(matching) >= 2 * per_prompt else seeds
 
 
-@contextmanager
-def _transaction(connection: sqlite3.Connection) -> Iterator[None]:
-    connection.execute("BEGIN")
-    try:
-        yield
-    except BaseException:
-        connection.execute("ROLLBACK")
-        raise
-    connection.execute("COMMIT")
-
-
 class _Run:
     """The state of one output's generation: journals, dedup index and counters, replayed on start."""
 
-    def __init__(self, options: SelfInstructOptions, seeds: list[Record], template: PromptTemplate, llm: LLM):
+    def __init__(
+        self, options: SelfInstructOptions, seeds: list[Record], template: PromptTemplate, llm: LLM,
+        state: RunState, stream: str = "",
+    ):
         self.options = options
         self.examples = examples_pool(seeds, options.lang, options.prompt_examples)
         self.template = template
         self.requirements = _requirements(options)
         self.llm = llm
         self.seed = llm.options.seed
-        connection = llm.cache.connection
-        self.connection = connection
-        self.issued = Journal(connection, "issued")
-        self.accepted_log = Journal(connection, "accepted")
-        self.rejected_log = Journal(connection, "rejected")
-        self.processed_log = Journal(connection, "processed")
+        self.state = state
+        self.issued = state.journal(f"{stream}issued")
+        self.accepted_log = state.journal(f"{stream}accepted")
+        self.rejected_log = state.journal(f"{stream}rejected")
+        self.processed_log = state.journal(f"{stream}processed")
         self.accepted: list[Record] = list(self.accepted_log)
         index = RougeIndex(options.rouge_threshold)
         for task in [*seeds, *self.accepted]:
@@ -781,7 +763,7 @@ class _Run:
             filtered += stage != "parse"
             self.rejected_log.append({**record, "reason": reason, "stage": stage, "source_request": number})
 
-        with _transaction(self.connection):
+        with self.state.atomically():
             if parsed.truncated is not None:
                 reject(parsed.truncated, "parse", "truncated")
             for raw in parsed.failures:
@@ -804,44 +786,64 @@ class _Run:
         return accepted
 
 
+@dataclass
+class Generated:
+    """What a generation left in its journals (earlier, interrupted runs included) and what it spent."""
+
+    accepted: list[Record] = field(default_factory=list)
+    rejected: list[Record] = field(default_factory=list)
+    processed: list[Record] = field(default_factory=list)
+    failed: list[Record] = field(default_factory=list)
+    stopped: str | None = None
+    stats: RunStats = field(default_factory=RunStats)
+    budget: str | None = None
+
+
 def generate(options: SelfInstructOptions, progress: bool = True) -> SelfInstructResult:
     """Generate `options.num` accepted tasks (or stop cleanly); the API behind `distillery self-instruct`."""
     options.validate()
+    if options.output is None:
+        raise UserError("self-instruct needs an output file")
     endpoint = options.endpoint.resolve()
     seeds = load_seeds(options.seed_spec)
     template = PromptTemplate.load(options)
     prepare_state(options.output, endpoint.fresh)
-    stats = RunStats()
     started = time.monotonic()
-    outcome: dict[str, Any] = {}
-    budget = run_within_budget(_generate(options, endpoint, seeds, template, stats, outcome, progress))
-    return _write_outputs(options, endpoint, seeds, outcome, stats, time.monotonic() - started, budget)
+    made = Generated()
+    made.budget = with_llm(endpoint, state_path(options.output), made.stats,
+                           lambda llm, state: generate_with(llm, state, options, seeds, template, "", made, progress))
+    return _write_outputs(options, endpoint, seeds, made, time.monotonic() - started)
 
 
-async def _generate(
+async def generate_with(
+    llm: LLM,
+    state: RunState,
     options: SelfInstructOptions,
-    endpoint: EndpointOptions,
     seeds: list[Record],
     template: PromptTemplate,
-    stats: RunStats,
-    outcome: dict[str, Any],
+    stream: str,
+    made: Generated,
     progress: bool,
 ) -> None:
-    async with LLM(endpoint, state_path(options.output), stats) as llm:
-        run = _Run(options, seeds, template, llm)
-        try:
-            with RunProgress("self-instruct", options.num, stats, enabled=progress) as bar:
-                bar.advance(min(len(run.accepted), options.num))
-                run.progress = bar
-                await run_bounded(run.slots(), run.send, limit=llm.options.concurrency)
-        finally:
-            outcome.update(
-                accepted=run.accepted,
-                rejected=list(run.rejected_log),
-                processed=list(run.processed_log),
-                stopped=run.stopped,
-                failed=run.failed,
-            )
+    """The request/answer loop over a client and state the caller opened (the command's state file beside
+    its output, or a pipeline's run state); its journals are named after `stream`, and what it decided
+    lands in `made`. No connection or event loop of its own."""
+    run = _Run(options, seeds, template, llm, state, stream)
+    try:
+        with RunProgress("self-instruct", options.num, made.stats, enabled=progress) as bar:
+            bar.advance(min(len(run.accepted), options.num))
+            run.progress = bar
+            await run_bounded(run.slots(), run.send, limit=llm.options.concurrency)
+    finally:
+        made.accepted, made.rejected = run.accepted, list(run.rejected_log)
+        made.processed, made.stopped, made.failed = list(run.processed_log), run.stopped, run.failed
+
+
+def final_records(options: SelfInstructOptions, seeds: list[Record], made: Generated) -> Iterator[Record]:
+    """The tasks a run keeps, at most `num`, plain or with Alpaca's similarity fields."""
+    accepted = made.accepted[: options.num]
+    return (_with_meta(accepted, seeds, options.rouge_threshold) if options.with_meta
+            else (_plain(record) for record in accepted))
 
 
 def _with_meta(records: list[Record], seeds: list[Record], threshold: float) -> Iterator[Record]:
@@ -888,18 +890,12 @@ def _write_outputs(
     options: SelfInstructOptions,
     endpoint: EndpointOptions,
     seeds: list[Record],
-    outcome: dict[str, Any],
-    stats: RunStats,
+    made: Generated,
     seconds: float,
-    budget: str | None,
 ) -> SelfInstructResult:
-    accepted: list[Record] = outcome["accepted"][: options.num]
-    rejected: list[Record] = outcome["rejected"]
-    processed: list[Record] = outcome["processed"]
-    records = (_with_meta(accepted, seeds, options.rouge_threshold) if options.with_meta
-               else (_plain(record) for record in accepted))
-    written = write_records(options.output, records)
-    failed: list[Record] = outcome["failed"]
+    assert options.output is not None
+    rejected, processed, failed, stats = made.rejected, made.processed, made.failed, made.stats
+    written = write_records(options.output, final_records(options, seeds, made))
     failed_path = sidecar(options.output, ".failed.jsonl")
     if failed:
         write_records(failed_path, failed, layout="jsonl")
@@ -910,7 +906,7 @@ def _write_outputs(
         write_records(rejected_path, rejected, layout="jsonl")
     else:
         rejected_path.unlink(missing_ok=True)
-    stopped = budget or outcome["stopped"]
+    stopped = made.budget or made.stopped
     reasons = Counter(record["reason"] for record in rejected)
     summary_path = sidecar(options.output, ".summary.json")
     write_json(summary_path, {
@@ -930,8 +926,8 @@ def _write_outputs(
         "failed_requests": len(failed),
         "unused": sum(entry["unused"] for entry in processed),
         "rejected": dict(reasons.most_common()),
-        "stages": _stages(rejected, len(outcome["accepted"])),
+        "stages": _stages(rejected, len(made.accepted)),
         "requests": stats.as_dict(),
     })
     return SelfInstructResult(written, len(rejected), stats, summary_path, rejected_path if rejected else None,
-                              stopped, budget is not None, len(failed), failed_path if failed else None)
+                              stopped, made.budget is not None, len(failed), failed_path if failed else None)

@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +70,21 @@ class RunState:
     def replay(self, stream: str) -> list[Any]:
         return list(Journal(self.connection, stream))
 
+    def journal(self, stream: str) -> Journal:
+        """One stream of the journal, for a recipe that appends to several in one `atomically` block."""
+        return Journal(self.connection, stream)
+
+    @contextmanager
+    def atomically(self) -> Iterator[None]:
+        """Every journal write inside is committed together or not at all (one answer's whole outcome)."""
+        self.connection.execute("BEGIN")
+        try:
+            yield
+        except BaseException:
+            self.connection.execute("ROLLBACK")
+            raise
+        self.connection.execute("COMMIT")
+
     # --- steps: fingerprints and done markers ------------------------------------------------------------
 
     def done_stats(self, position: int, name: str, fingerprint: str) -> StageStats | None:
@@ -86,7 +103,9 @@ class RunState:
             self.connection.execute("BEGIN")
             row = self.connection.execute("SELECT fingerprint FROM steps WHERE position = ?", (position,)).fetchone()
             if row is not None and row[0] != fingerprint:
-                self.connection.execute("DELETE FROM journal WHERE stream = ?", (_stream(position, name),))
+                stream = _stream(position, name)  # the step's stream, and those it named after it
+                self.connection.execute("DELETE FROM journal WHERE stream = ? OR substr(stream, 1, ?) = ?",
+                                        (stream, len(stream) + 1, f"{stream}:"))
             self.connection.execute("UPDATE steps SET done = 0 WHERE position >= ?", (position,))
             self.connection.execute(
                 "INSERT OR REPLACE INTO steps VALUES (?, ?, ?, 0, NULL, ?)", (position, name, fingerprint, time.time())

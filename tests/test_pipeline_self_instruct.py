@@ -1,0 +1,155 @@
+"""The self-instruct pipelines (`alpaca`, `belle-zh`, `text-to-sql`) end to end against a scripted teacher,
+and `distillery run alpaca` killed with SIGKILL at random moments, then finished by the same command."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest import cli_env, cli_exe, run_cli
+from fake_openai import FakeOpenAI, user_text
+from test_self_instruct import EN_WORDS, ZH_WORDS, Teacher, assert_clean_output
+
+from distillery.pipeline import load_pipeline
+from distillery.recipes import SelfInstruct
+from distillery.self_instruct import load_seeds
+from distillery.sql_check import check_sql
+from distillery.summary import Summary
+
+NO_LANG = ("--set", "report.lang_sample=0")
+
+
+class SeededTeacher(Teacher):
+    """A Teacher whose answer depends only on the request (its prompt and seed), never on the order requests
+    arrive in: a resumed run is answered exactly as an uninterrupted one."""
+
+    def __init__(self, lang: str = "en", sql: bool = False, good: int = 4):
+        super().__init__(lang, sql, good)
+        self.local = threading.local()
+
+    def __call__(self, body: dict, number: int):
+        key = hashlib.sha256(f"{user_text(body)}|{body.get('seed')}".encode()).digest()
+        self.local.base, self.local.count = int.from_bytes(key[:6], "big"), 0
+        return super().__call__(body, int.from_bytes(key[6:8], "big"))
+
+    def words(self, count: int) -> tuple[int, list[str]]:
+        number = self.local.base + self.local.count
+        self.local.count += 1
+        return number, random.Random(number).sample(ZH_WORDS if self.lang == "zh" else EN_WORDS, count)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def check_run(run: Path, name: str, teacher: Teacher, seeds: str, num: int) -> list[dict]:
+    """The run's dataset is `num` clean tasks, exported for LLaMA-Factory, summarised, reported."""
+    dataset = read_jsonl(run / "dataset.jsonl")
+    assert_clean_output(dataset, teacher, load_seeds(seeds), num)
+    assert json.loads((run / "data" / f"{name}.json").read_text(encoding="utf-8")) == dataset
+    info = json.loads((run / "data" / "dataset_info.json").read_text())
+    assert info[name]["file_name"] == f"{name}.json"
+    summary = Summary.read(run / "summary.json")
+    assert [s.stage for s in summary.stages] == ["self_instruct", "dedup", "export", "report"]
+    made = summary.stages[0]
+    assert made.kept == num and made.sent > 0 and made.prompt_tokens > 0
+    rejected = read_jsonl(run / "rejected.jsonl")
+    assert rejected and all(set(r) == {"stage", "reason", "detail", "record"} for r in rejected)
+    assert sum(made.dropped.values()) == sum(r["stage"] == "self_instruct" for r in rejected)
+    assert (run / "report.html").is_file()
+    return dataset
+
+
+@pytest.mark.parametrize(("pipeline", "name", "teacher", "seeds", "extra"), [
+    ("alpaca", "alpaca", Teacher("en"), "builtin:en", ()),
+    ("belle-zh", "belle_zh", Teacher("zh", good=3), "builtin:zh", ()),
+    ("text-to-sql", "text_to_sql", Teacher("en", sql=True), "builtin:sql", ()),
+])
+def test_self_instruct_pipelines_end_to_end(fake_server, tmp_path, pipeline, name, teacher, seeds, extra):
+    fake_server.script = teacher
+    run = tmp_path / "run"
+    done = run_cli("run", pipeline, "-o", str(run), "--set", "self_instruct.num=20", "--concurrency", "2",
+                   *NO_LANG, *extra, env=cli_env(fake_server))
+    assert done.returncode == 0, done.stderr
+    dataset = check_run(run, name, teacher, seeds, 20)
+    if pipeline == "text-to-sql":
+        for record in dataset:
+            assert check_sql(record["input"], record["output"]).ok
+    sent = len(fake_server.requests)
+    again = run_cli("run", pipeline, "-o", str(run), "--set", "self_instruct.num=20", "--concurrency", "2",
+                    *NO_LANG, env=cli_env(fake_server))
+    assert again.returncode == 0 and len(fake_server.requests) == sent  # a finished run sends nothing
+
+
+def test_user_seeds_come_from_input_and_dedup_compares_with_them(fake_server, tmp_path):
+    seeds = tmp_path / "seeds.jsonl"
+    chosen = load_seeds("builtin:en")[:12]
+    seeds.write_text("".join(json.dumps(seed) + "\n" for seed in chosen))
+    fake_server.script = Teacher("en")
+    run = tmp_path / "run"
+    done = run_cli("run", "alpaca", "-i", str(seeds), "-o", str(run), "--set", "self_instruct.num=8", *NO_LANG,
+                   env=cli_env(fake_server))
+    assert done.returncode == 0, done.stderr
+    prompts = " ".join(user_text(body) for body in fake_server.requests)
+    assert all(seed["instruction"].split()[0] in prompts for seed in chosen[:1])
+    assert read_jsonl(run / "steps" / "00-self_instruct" / "seeds.jsonl") == chosen
+    dedup = Summary.read(run / "summary.json").stages[1]
+    assert dedup.seen == dedup.kept == 8
+
+
+def test_dry_run_estimates_self_instruct_without_sending(fake_server, tmp_path):
+    done = run_cli("run", "alpaca", "--dry-run", "-o", str(tmp_path / "run"), "--set", "self_instruct.num=20",
+                   "--max-tokens", "1000", env=cli_env(fake_server))
+    assert done.returncode == 0, done.stderr
+    assert "self_instruct: model fake-model, at most 3 requests" in done.stdout
+    assert "num" in done.stdout and not fake_server.requests and not (tmp_path / "run").exists()
+
+
+def test_bad_self_instruct_options_are_one_line(fake_server, tmp_path):
+    done = run_cli("run", "alpaca", "-o", str(tmp_path / "run"), "--set", "self_instruct.num=0",
+                   env=cli_env(fake_server))
+    assert done.returncode == 2 and "--num must be at least 1" in done.stderr and "Traceback" not in done.stderr
+    assert not fake_server.requests and not (tmp_path / "run").exists()
+    with pytest.raises(Exception, match="has no option 'nope'"):
+        load_pipeline("alpaca", ["self_instruct.nope=1"])
+    assert SelfInstruct(num=5).options.num == 5
+
+
+def test_kill_9_at_random_moments_then_same_command_gives_the_uninterrupted_dataset(tmp_path):
+    teacher = SeededTeacher("en")
+    args = ["run", "alpaca", "--set", "self_instruct.num=40", "--set", "self_instruct.machine_examples=1",
+            "--seed", "7", "--concurrency", "1", *NO_LANG]
+    rng = random.Random(14)
+    with FakeOpenAI(teacher, latency=0.03) as server:
+        run = tmp_path / "killed"
+        for _ in range(2):  # two kills at random moments, each on the run the kill before left
+            target = sum(server.answered.values()) + rng.randint(1, 4)
+            victim = subprocess.Popen([cli_exe(), *args, "-o", str(run)], env=cli_env(server),
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            deadline = time.monotonic() + 60
+            while sum(server.answered.values()) < target and time.monotonic() < deadline:
+                time.sleep(0.005)
+            time.sleep(rng.random() * 0.03)  # anywhere in the next request's life
+            os.kill(victim.pid, signal.SIGKILL)
+            victim.wait()
+        assert not (run / "steps" / "00-self_instruct" / "records.jsonl").exists()
+        answered_before = sum(server.answered.values())
+        assert answered_before >= 2
+        done = run_cli(*args, "-o", str(run), env=cli_env(server))
+        assert done.returncode == 0, done.stderr
+        twice = sum(count - 1 for count in server.answered.values())
+        assert twice <= 2  # at most the one request in flight at each kill
+    with FakeOpenAI(SeededTeacher("en"), latency=0.0) as server:
+        done = run_cli(*args, "-o", str(tmp_path / "whole"), env=cli_env(server))
+        assert done.returncode == 0, done.stderr
+    for name in ("dataset.jsonl", "data/alpaca.json", "data/dataset_info.json"):
+        assert (tmp_path / "killed" / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), name
+    check_run(tmp_path / "killed", "alpaca", teacher, "builtin:en", 40)

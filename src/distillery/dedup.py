@@ -15,6 +15,7 @@ import re
 import time
 from array import array
 from bisect import bisect_left, bisect_right
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -50,6 +51,7 @@ _ORDER_SHIFT = 64  # prefix order key: document frequency << 64 | element; eleme
 _ELEMENT_MASK = (1 << _ORDER_SHIFT) - 1
 _UNBOUNDED = int(np.iinfo(np.intc).max)
 _INDEX_MASK = (1 << 32) - 1  # a posting entry is one int64: reach << 32 | text index
+_FEW = 4  # up to this many candidates, LCSseq.similarity one by one beats one process.cdist call
 
 
 def tokenize(text: str) -> list[str]:
@@ -100,9 +102,15 @@ def _decode(seq: str | list[int]) -> list[int]:
 
 
 def _sketch(codes: list[int]) -> np.ndarray:
-    """Token counts per hash bucket: the sum over buckets of the smaller count bounds the multiset overlap."""
-    counts = np.bincount(np.asarray(codes, dtype=np.int64) % _BUCKETS, minlength=_BUCKETS)
-    return np.minimum(counts, _SKETCH_MAX).astype(np.uint16)
+    """Token counts per hash bucket: the sum over buckets of the smaller count bounds the multiset overlap.
+
+    Counted in a Python loop: for a text of tens of tokens that is cheaper than numpy's per-call cost."""
+    counts = [0] * _BUCKETS
+    for code in codes:
+        counts[code % _BUCKETS] += 1
+    if len(codes) > _SKETCH_MAX:
+        counts = [min(count, _SKETCH_MAX) for count in counts]
+    return np.array(counts, dtype=np.uint16)
 
 
 def _elements(codes: list[int]) -> list[int]:
@@ -196,7 +204,7 @@ class RougeIndex:
         self._seqs: list[str | list[int]] = []
         self._lengths = np.zeros(_FIRST_REBUILD, dtype=np.intc)
         self._sketches = np.zeros((_FIRST_REBUILD, _BUCKETS), dtype=np.uint16)
-        self._df: dict[int, int] = {}
+        self._df: Counter[int] = Counter()  # `update` counts in C
         self._order: dict[int, int] = {}  # element -> its document frequency << 64 | element, at the last re-index
         # element -> (text lengths, ascending; reach << 32 | text index in the same order)
         self._postings: dict[int, tuple[array[int], array[int]]] = {}
@@ -228,9 +236,7 @@ class RougeIndex:
             self._slot = np.zeros_like(self._lengths)
         self._lengths[index] = len(codes)
         self._sketches[index] = sketch
-        df = self._df
-        for element in elements:
-            df[element] = df.get(element, 0) + 1
+        self._df.update(elements)
         self._post(index, prefix)
         if len(self._texts) >= self._rebuild_at:
             self._reindex()
@@ -242,8 +248,11 @@ class RougeIndex:
         indices = self._candidates(probe)
         if not len(indices):
             return None
-        seqs = itemgetter(*indices.tolist())(self._seqs) if len(indices) > 1 else [self._seqs[indices[0]]]
-        lcs = process.cdist([probe.seq], seqs, scorer=LCSseq.similarity, dtype=np.int32)[0]
+        if len(indices) <= _FEW:  # cdist's set-up costs more than a few direct calls
+            lcs = np.array([LCSseq.similarity(probe.seq, self._seqs[i]) for i in indices.tolist()])
+        else:
+            seqs = itemgetter(*indices.tolist())(self._seqs)
+            lcs = process.cdist([probe.seq], seqs, scorer=LCSseq.similarity, dtype=np.int32)[0]
         lengths = self._lengths[indices]
         # Most queries end here: no exact F reaches the threshold (less the margin for float rounding),
         # so no float F can exceed it. Those that might are scored with rouge_score's expression.
@@ -294,9 +303,9 @@ class RougeIndex:
                 if first < last:
                     found.append(entries[first:last])
         if not found:
-            return np.zeros(0, dtype=np.intc)
+            return np.zeros(0, dtype=np.int64)
         entries = np.frombuffer(b"".join(found), dtype=np.int64)  # reach << 32 | text index
-        indices = (entries[entries >= n << 32] & _INDEX_MASK).astype(np.intc)
+        indices = entries[entries >= n << 32] & _INDEX_MASK
         # Deduplicate without sorting: of each index's entries, only the one written last keeps its slot.
         slots = np.arange(len(indices), dtype=np.intc)
         self._slot[indices] = slots

@@ -138,6 +138,19 @@ def test_index_pruning_never_changes_a_score_or_decision(threshold):
     assert len(index) == len(added)
 
 
+def test_count_sketch_is_the_bucket_counts_saturated_at_uint16():
+    """The sketch must never under-count a bucket below min(count, 65535): the sketch filter's bound
+    rests on it. Reference: numpy's bincount of the codes modulo the width."""
+    rng = random.Random(5)
+    cases = [[], [7], [rng.randrange(1, 5000) for _ in range(300)], [3] * 70_000 + [64 * 9 + 4] * 5]
+    for codes in cases:
+        expected = np.minimum(np.bincount(np.asarray(codes, dtype=np.int64) % dedup._BUCKETS,
+                                          minlength=dedup._BUCKETS), 65535)
+        sketch = dedup._sketch(codes)
+        assert sketch.dtype == np.uint16
+        assert sketch.tolist() == expected.tolist()
+
+
 def bounded_pairs(index: RougeIndex, query: str, texts: list[str]) -> list[int]:
     """The filters' contract pair by pair, with no postings: the texts sharing an element within both
     pair-sized prefixes (alpha = least overlap for F above the threshold) whose count sketch passes."""

@@ -47,6 +47,11 @@ _OCCURRENCE = 1 << 40  # element = token code + k * _OCCURRENCE for the k-th rep
 _FIRST_REBUILD = 32
 _BUCKETS = 64  # token-count sketch width: 128 bytes a text, prunes ~97% of what the prefix filter lets by
 _SKETCH_MAX = np.iinfo(np.uint16).max
+# The sketch again as bit planes, one uint64 a text each: plane k marks the buckets counting more than k.
+# The sum over k of popcount(plane_k & plane'_k) is the sum over buckets of the smaller count whenever
+# one side counts at most _PLANES in every bucket; a query that counts more reads the uint16 sketch.
+# 3 planes: their popcounts add up to at most 192, so a uint8 sum cannot wrap.
+_PLANES = 3
 _ORDER_SHIFT = 64  # prefix order key: document frequency << 64 | element; elements stay below 2**64
 _ELEMENT_MASK = (1 << _ORDER_SHIFT) - 1
 _UNBOUNDED = int(np.iinfo(np.intc).max)
@@ -101,16 +106,22 @@ def _decode(seq: str | list[int]) -> list[int]:
     return list(map(ord, seq)) if isinstance(seq, str) else seq
 
 
-def _sketch(codes: list[int]) -> np.ndarray:
+def _sketch(codes: list[int]) -> tuple[np.ndarray, list[int]]:
     """Token counts per hash bucket: the sum over buckets of the smaller count bounds the multiset overlap.
+    Also its first _PLANES bit planes, and whether some count goes past them (then the planes are short).
 
     Counted in a Python loop: for a text of tens of tokens that is cheaper than numpy's per-call cost."""
     counts = [0] * _BUCKETS
+    planes = [0] * (_PLANES + 1)
     for code in codes:
-        counts[code % _BUCKETS] += 1
+        bucket = code % _BUCKETS
+        count = counts[bucket]
+        counts[bucket] = count + 1
+        if count <= _PLANES:
+            planes[count] |= 1 << bucket
     if len(codes) > _SKETCH_MAX:
         counts = [min(count, _SKETCH_MAX) for count in counts]
-    return np.array(counts, dtype=np.uint16)
+    return np.array(counts, dtype=np.uint16), planes
 
 
 def _elements(codes: list[int]) -> list[int]:
@@ -175,6 +186,7 @@ class _Probe:
     prefix: list[int]
     elements: list[int]
     sketch: np.ndarray
+    planes: list[int]  # _PLANES bit planes of the sketch, then a plane that is non-zero when they fall short
     complete: bool
 
 
@@ -204,6 +216,7 @@ class RougeIndex:
         self._seqs: list[str | list[int]] = []
         self._lengths = np.zeros(_FIRST_REBUILD, dtype=np.intc)
         self._sketches = np.zeros((_FIRST_REBUILD, _BUCKETS), dtype=np.uint16)
+        self._planes = np.zeros((_PLANES, _FIRST_REBUILD), dtype=np.uint64)  # one row a plane: `take` reads a row
         self._df: Counter[int] = Counter()  # `update` counts in C
         self._order: dict[int, int] = {}  # element -> its document frequency << 64 | element, at the last re-index
         # element -> (text lengths, ascending; reach << 32 | text index in the same order)
@@ -219,23 +232,26 @@ class RougeIndex:
     def add(self, text: str) -> None:
         last, self._last = self._last, None
         if last is not None and last.text == text and last.complete:
-            codes, seq, elements, prefix, sketch = last.codes, last.seq, last.elements, last.prefix, last.sketch
+            codes, seq, elements, prefix = last.codes, last.seq, last.elements, last.prefix
+            sketch, planes = last.sketch, last.planes
         else:
             tokens = last.tokens if last is not None and last.text == text else tokenize(text)
             codes = [self._intern(token) for token in tokens]
             seq = _encode(codes)
             elements = _elements(codes)
             prefix = self._prefix(elements)
-            sketch = _sketch(codes)
+            sketch, planes = _sketch(codes)
         index = len(self._texts)
         self._texts.append(text)
         self._seqs.append(seq)
         if index == len(self._lengths):
             self._lengths = np.concatenate([self._lengths, np.zeros_like(self._lengths)])
             self._sketches = np.concatenate([self._sketches, np.zeros_like(self._sketches)])
+            self._planes = np.concatenate([self._planes, np.zeros_like(self._planes)], axis=1)
             self._slot = np.zeros_like(self._lengths)
         self._lengths[index] = len(codes)
         self._sketches[index] = sketch
+        self._planes[:, index] = planes[:_PLANES]
         self._df.update(elements)
         self._post(index, prefix)
         if len(self._texts) >= self._rebuild_at:
@@ -277,7 +293,7 @@ class RougeIndex:
         complete = _UNKNOWN not in codes
         elements = _elements(codes)
         known = codes if complete else [code for code in codes if code != _UNKNOWN]
-        return _Probe(text, tokens, codes, _encode(codes), self._prefix(elements), elements, _sketch(known),
+        return _Probe(text, tokens, codes, _encode(codes), self._prefix(elements), elements, *_sketch(known),
                       complete)
 
     def _candidates(self, probe: _Probe) -> np.ndarray:
@@ -311,12 +327,23 @@ class RougeIndex:
         self._slot[indices] = slots
         indices = indices[self._slot[indices] == slots]
         lengths = self._lengths[indices]
-        buckets = np.flatnonzero(probe.sketch)
-        overlap = np.minimum(self._sketches.take(indices, axis=0)[:, buckets], probe.sketch[buckets]).sum(axis=1)
-        passed = 2 * overlap > slack * (lengths + n)
+        passed = self._overlap_bound(probe, indices) > slack * (lengths + n) * 0.5  # as 2 * overlap > ...: exact
         if n > _SKETCH_MAX:  # only two texts over 65,535 tokens each can saturate a bucket: no bound then
             passed |= lengths > _SKETCH_MAX
         return np.sort(indices[passed])
+
+    def _overlap_bound(self, probe: _Probe, indices: np.ndarray) -> np.ndarray:
+        """The sketch's bound on each candidate's multiset overlap with the probe: from the bit planes
+        (a popcount per plane the probe uses) unless the probe counts past them in some bucket."""
+        if probe.planes[_PLANES]:
+            buckets = np.flatnonzero(probe.sketch)
+            return np.minimum(self._sketches.take(indices, axis=0)[:, buckets], probe.sketch[buckets]).sum(axis=1)
+        overlap = np.zeros(len(indices), dtype=np.uint8)
+        for plane, mask in zip(self._planes, probe.planes, strict=False):
+            if not mask:
+                break  # plane k + 1 is a subset of plane k
+            overlap += np.bitwise_count(plane.take(indices) & np.uint64(mask))
+        return overlap
 
     def query(self, text: str) -> tuple[float, str | None]:
         """Exact best F over everything added, and that text (the earliest added on a tie)."""

@@ -53,10 +53,9 @@ _SKETCH_MAX = np.iinfo(np.uint16).max
 # 8 planes cover ~98% of instructions (64 bytes a text); their popcounts add up to at most 512.
 _PLANES = 8
 _ORDER_SHIFT = 64  # prefix order key: document frequency << 64 | element; elements stay below 2**64
-_ELEMENT_MASK = (1 << _ORDER_SHIFT) - 1
 _UNBOUNDED = int(np.iinfo(np.intc).max)
 _INDEX_MASK = (1 << 32) - 1  # a posting entry is one int64: reach << 32 | text index
-_FEW = 4  # up to this many candidates, LCSseq.similarity one by one beats one process.cdist call
+_FEW = 8  # up to this many candidates, LCSseq.similarity one by one beats one process.cdist call
 
 
 def tokenize(text: str) -> list[str]:
@@ -219,7 +218,7 @@ class RougeIndex:
         self._planes = np.zeros((_PLANES, _FIRST_REBUILD), dtype=np.uint64)  # one row a plane: `take` reads a row
         self._df: Counter[int] = Counter()  # `update` counts in C
         self._order: dict[int, int] = {}  # element -> its document frequency << 64 | element, at the last re-index
-        # element -> (text lengths, ascending; reach << 32 | text index in the same order)
+        # element's order key -> (text lengths, ascending; reach << 32 | text index in the same order)
         self._postings: dict[int, tuple[array[int], array[int]]] = {}
         self._limits: dict[int, _Limits] = {}
         self._slot = np.zeros(_FIRST_REBUILD, dtype=np.intc)  # scratch for deduplicating candidates
@@ -383,12 +382,14 @@ class RougeIndex:
         """The rarest len - alpha + 1 elements, alpha being the least overlap any duplicate pair needs.
 
         Rarest first by (document frequency, element): one integer key per element, so the sort runs in C.
+        The keys themselves are returned and the postings are keyed by them: between re-indexes an
+        element always has the same key, so nothing needs to turn them back into elements.
         """
         n = len(elements)
         slack = self._slack
         alpha = max(1, math.floor(slack * n / (2 - slack)) + 1)
         keys = sorted(map(self._order.get, elements, elements))  # unseen at the last re-index: frequency 0
-        return [key & _ELEMENT_MASK for key in keys[: n - alpha + 1]]
+        return keys[: n - alpha + 1]
 
     def _limits_of(self, length: int) -> _Limits:
         limits = self._limits.get(length)

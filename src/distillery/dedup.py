@@ -201,7 +201,9 @@ class RougeIndex:
       Each posting is kept sorted by text length, so a query reads, by binary search, only the entries
       whose length its position allows, rather than every entry of a list that grows with the index;
     - a count sketch per text (tokens hashed into 64 buckets), whose bucket-wise minimum can only
-      over-count the overlap; only the buckets the query's own tokens fall in are read.
+      over-count the overlap. It is read as bit planes (plane k: the buckets counting more than k), so
+      the sum of minimums is one popcount per plane the query reaches; a query counting more than
+      _PLANES in a bucket reads the counts themselves, and only in its own buckets.
     `add` right after `find_duplicate` of the same text reuses the query's tokens, prefix and sketch.
     """
 

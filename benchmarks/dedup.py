@@ -216,9 +216,16 @@ def scaling(seeds: list[str], sizes: list[int]) -> None:
         print(f"{size:>12,} {kept:>8,} {seconds['previous']:>15.1f} {seconds['distillery']:>17.1f} "
               f"{seconds['previous'] / seconds['distillery']:>8.2f}x", flush=True)
     if 100_000 in sizes:
-        met = "MET" if seconds["distillery"] < 30 else "NOT MET"
-        print(f"goal (issue 13): 100K in under 30 CPU s with identical decisions: {seconds['distillery']:.1f} CPU s, "
-              f"{met} (previous: {seconds['previous']:.1f} CPU s; issue's measurement: 52.7)")
+        # Lockstep interleaves two indexes in one process, which costs each of them cache misses; the goal
+        # (like the issue's 52.7 s) is about one index on its own, so each runs alone once more.
+        texts = synthesize(100_000, random.Random(100_000))
+        alone = {name: lockstep(texts, seeds, {name: index})[0][name]
+                 for name, index in (("previous", BaselineRougeIndex()), ("distillery", RougeIndex()))}
+        met = "MET" if alone["distillery"] < 30 else "NOT MET"
+        print(f"each index alone at 100K: previous {alone['previous']:.1f} CPU s, distillery "
+              f"{alone['distillery']:.1f} CPU s ({alone['previous'] / alone['distillery']:.2f}x)")
+        print(f"goal (issue 13): 100K in under 30 CPU s with identical decisions: {alone['distillery']:.1f} CPU s "
+              f"alone, {met} (issue's measurement of the previous index: 52.7)")
 
 
 class Tokenizations:

@@ -138,13 +138,30 @@ def test_index_pruning_never_changes_a_score_or_decision(threshold):
     assert len(index) == len(added)
 
 
+def test_count_sketch_is_the_bucket_counts_saturated_at_uint16():
+    """The sketch must never under-count a bucket below min(count, 65535), and its bit planes must mark
+    exactly the buckets counting more than k: the sketch filter's bound rests on both. Reference: numpy's
+    bincount of the codes modulo the width."""
+    rng = random.Random(5)
+    cases = [[], [7], [rng.randrange(1, 5000) for _ in range(300)], [3] * 70_000 + [64 * 9 + 4] * 5]
+    for codes in cases:
+        expected = np.minimum(np.bincount(np.asarray(codes, dtype=np.int64) % dedup._BUCKETS,
+                                          minlength=dedup._BUCKETS), 65535)
+        sketch, planes = dedup._sketch(codes)
+        assert sketch.dtype == np.uint16
+        assert sketch.tolist() == expected.tolist()
+        counts = np.bincount(np.asarray(codes, dtype=np.int64) % dedup._BUCKETS, minlength=dedup._BUCKETS)
+        for k in range(dedup._PLANES + 1):
+            assert planes[k] == sum(1 << bucket for bucket, count in enumerate(counts) if count > k)
+
+
 def bounded_pairs(index: RougeIndex, query: str, texts: list[str]) -> list[int]:
     """The filters' contract pair by pair, with no postings: the texts sharing an element within both
     pair-sized prefixes (alpha = least overlap for F above the threshold) whose count sketch passes."""
     slack = index.threshold - dedup._MARGIN
     codes = [index._vocab.get(token, dedup._UNKNOWN) for token in tokenize(query)]
     n, prefix = len(codes), index._prefix(dedup._elements(codes))
-    sketch = dedup._sketch([code for code in codes if code != dedup._UNKNOWN]).astype(int)
+    sketch = dedup._sketch([code for code in codes if code != dedup._UNKNOWN])[0].astype(int)
     passed = []
     for number, text in enumerate(texts):
         other = [index._vocab[token] for token in tokenize(text)]
@@ -154,7 +171,7 @@ def bounded_pairs(index: RougeIndex, query: str, texts: list[str]) -> list[int]:
         if not any(element in where and i <= n - alpha and where[element] <= m - alpha
                    for i, element in enumerate(prefix)):
             continue
-        overlap = np.minimum(dedup._sketch(other).astype(int), sketch).sum()
+        overlap = np.minimum(dedup._sketch(other)[0].astype(int), sketch).sum()
         if 2 * overlap > slack * (m + n) or m > 65535:
             passed.append(number)
     return passed

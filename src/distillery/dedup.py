@@ -15,6 +15,7 @@ import re
 import time
 from array import array
 from bisect import bisect_left, bisect_right
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -46,10 +47,15 @@ _OCCURRENCE = 1 << 40  # element = token code + k * _OCCURRENCE for the k-th rep
 _FIRST_REBUILD = 32
 _BUCKETS = 64  # token-count sketch width: 128 bytes a text, prunes ~97% of what the prefix filter lets by
 _SKETCH_MAX = np.iinfo(np.uint16).max
+# The sketch again as bit planes, one uint64 a text each: plane k marks the buckets counting more than k.
+# The sum over k of popcount(plane_k & plane'_k) is the sum over buckets of the smaller count whenever
+# one side counts at most _PLANES in every bucket; a query that counts more reads the uint16 sketch.
+# 8 planes cover ~98% of instructions (64 bytes a text); their popcounts add up to at most 512.
+_PLANES = 8
 _ORDER_SHIFT = 64  # prefix order key: document frequency << 64 | element; elements stay below 2**64
-_ELEMENT_MASK = (1 << _ORDER_SHIFT) - 1
 _UNBOUNDED = int(np.iinfo(np.intc).max)
 _INDEX_MASK = (1 << 32) - 1  # a posting entry is one int64: reach << 32 | text index
+_FEW = 8  # up to this many candidates, LCSseq.similarity one by one beats one process.cdist call
 
 
 def tokenize(text: str) -> list[str]:
@@ -99,10 +105,22 @@ def _decode(seq: str | list[int]) -> list[int]:
     return list(map(ord, seq)) if isinstance(seq, str) else seq
 
 
-def _sketch(codes: list[int]) -> np.ndarray:
-    """Token counts per hash bucket: the sum over buckets of the smaller count bounds the multiset overlap."""
-    counts = np.bincount(np.asarray(codes, dtype=np.int64) % _BUCKETS, minlength=_BUCKETS)
-    return np.minimum(counts, _SKETCH_MAX).astype(np.uint16)
+def _sketch(codes: list[int]) -> tuple[np.ndarray, list[int]]:
+    """Token counts per hash bucket: the sum over buckets of the smaller count bounds the multiset overlap.
+    Also its first _PLANES bit planes, and whether some count goes past them (then the planes are short).
+
+    Counted in a Python loop: for a text of tens of tokens that is cheaper than numpy's per-call cost."""
+    counts = [0] * _BUCKETS
+    planes = [0] * (_PLANES + 1)
+    for code in codes:
+        bucket = code % _BUCKETS
+        count = counts[bucket]
+        counts[bucket] = count + 1
+        if count <= _PLANES:
+            planes[count] |= 1 << bucket
+    if len(codes) > _SKETCH_MAX:
+        counts = [min(count, _SKETCH_MAX) for count in counts]
+    return np.array(counts, dtype=np.uint16), planes
 
 
 def _elements(codes: list[int]) -> list[int]:
@@ -167,6 +185,7 @@ class _Probe:
     prefix: list[int]
     elements: list[int]
     sketch: np.ndarray
+    planes: list[int]  # _PLANES bit planes of the sketch, then a plane that is non-zero when they fall short
     complete: bool
 
 
@@ -182,7 +201,9 @@ class RougeIndex:
       Each posting is kept sorted by text length, so a query reads, by binary search, only the entries
       whose length its position allows, rather than every entry of a list that grows with the index;
     - a count sketch per text (tokens hashed into 64 buckets), whose bucket-wise minimum can only
-      over-count the overlap; only the buckets the query's own tokens fall in are read.
+      over-count the overlap. It is read as bit planes (plane k: the buckets counting more than k), so
+      the sum of minimums is one popcount per plane the query reaches; a query counting more than
+      _PLANES in a bucket reads the counts themselves, and only in its own buckets.
     `add` right after `find_duplicate` of the same text reuses the query's tokens, prefix and sketch.
     """
 
@@ -196,9 +217,10 @@ class RougeIndex:
         self._seqs: list[str | list[int]] = []
         self._lengths = np.zeros(_FIRST_REBUILD, dtype=np.intc)
         self._sketches = np.zeros((_FIRST_REBUILD, _BUCKETS), dtype=np.uint16)
-        self._df: dict[int, int] = {}
+        self._planes = np.zeros((_PLANES, _FIRST_REBUILD), dtype=np.uint64)  # one row a plane: `take` reads a row
+        self._df: Counter[int] = Counter()  # `update` counts in C
         self._order: dict[int, int] = {}  # element -> its document frequency << 64 | element, at the last re-index
-        # element -> (text lengths, ascending; reach << 32 | text index in the same order)
+        # element's order key -> (text lengths, ascending; reach << 32 | text index in the same order)
         self._postings: dict[int, tuple[array[int], array[int]]] = {}
         self._limits: dict[int, _Limits] = {}
         self._slot = np.zeros(_FIRST_REBUILD, dtype=np.intc)  # scratch for deduplicating candidates
@@ -211,26 +233,27 @@ class RougeIndex:
     def add(self, text: str) -> None:
         last, self._last = self._last, None
         if last is not None and last.text == text and last.complete:
-            codes, seq, elements, prefix, sketch = last.codes, last.seq, last.elements, last.prefix, last.sketch
+            codes, seq, elements, prefix = last.codes, last.seq, last.elements, last.prefix
+            sketch, planes = last.sketch, last.planes
         else:
             tokens = last.tokens if last is not None and last.text == text else tokenize(text)
             codes = [self._intern(token) for token in tokens]
             seq = _encode(codes)
             elements = _elements(codes)
             prefix = self._prefix(elements)
-            sketch = _sketch(codes)
+            sketch, planes = _sketch(codes)
         index = len(self._texts)
         self._texts.append(text)
         self._seqs.append(seq)
         if index == len(self._lengths):
             self._lengths = np.concatenate([self._lengths, np.zeros_like(self._lengths)])
             self._sketches = np.concatenate([self._sketches, np.zeros_like(self._sketches)])
+            self._planes = np.concatenate([self._planes, np.zeros_like(self._planes)], axis=1)
             self._slot = np.zeros_like(self._lengths)
         self._lengths[index] = len(codes)
         self._sketches[index] = sketch
-        df = self._df
-        for element in elements:
-            df[element] = df.get(element, 0) + 1
+        self._planes[:, index] = planes[:_PLANES]
+        self._df.update(elements)
         self._post(index, prefix)
         if len(self._texts) >= self._rebuild_at:
             self._reindex()
@@ -242,8 +265,11 @@ class RougeIndex:
         indices = self._candidates(probe)
         if not len(indices):
             return None
-        seqs = itemgetter(*indices.tolist())(self._seqs) if len(indices) > 1 else [self._seqs[indices[0]]]
-        lcs = process.cdist([probe.seq], seqs, scorer=LCSseq.similarity, dtype=np.int32)[0]
+        if len(indices) <= _FEW:  # cdist's set-up costs more than a few direct calls
+            lcs = np.array([LCSseq.similarity(probe.seq, self._seqs[i]) for i in indices.tolist()])
+        else:
+            seqs = itemgetter(*indices.tolist())(self._seqs)
+            lcs = process.cdist([probe.seq], seqs, scorer=LCSseq.similarity, dtype=np.int32)[0]
         lengths = self._lengths[indices]
         # Most queries end here: no exact F reaches the threshold (less the margin for float rounding),
         # so no float F can exceed it. Those that might are scored with rouge_score's expression.
@@ -268,7 +294,7 @@ class RougeIndex:
         complete = _UNKNOWN not in codes
         elements = _elements(codes)
         known = codes if complete else [code for code in codes if code != _UNKNOWN]
-        return _Probe(text, tokens, codes, _encode(codes), self._prefix(elements), elements, _sketch(known),
+        return _Probe(text, tokens, codes, _encode(codes), self._prefix(elements), elements, *_sketch(known),
                       complete)
 
     def _candidates(self, probe: _Probe) -> np.ndarray:
@@ -294,20 +320,31 @@ class RougeIndex:
                 if first < last:
                     found.append(entries[first:last])
         if not found:
-            return np.zeros(0, dtype=np.intc)
+            return np.zeros(0, dtype=np.int64)
         entries = np.frombuffer(b"".join(found), dtype=np.int64)  # reach << 32 | text index
-        indices = (entries[entries >= n << 32] & _INDEX_MASK).astype(np.intc)
+        indices = entries[entries >= n << 32] & _INDEX_MASK
         # Deduplicate without sorting: of each index's entries, only the one written last keeps its slot.
         slots = np.arange(len(indices), dtype=np.intc)
         self._slot[indices] = slots
         indices = indices[self._slot[indices] == slots]
         lengths = self._lengths[indices]
-        buckets = np.flatnonzero(probe.sketch)
-        overlap = np.minimum(self._sketches.take(indices, axis=0)[:, buckets], probe.sketch[buckets]).sum(axis=1)
-        passed = 2 * overlap > slack * (lengths + n)
+        passed = self._overlap_bound(probe, indices) > slack * (lengths + n) * 0.5  # as 2 * overlap > ...: exact
         if n > _SKETCH_MAX:  # only two texts over 65,535 tokens each can saturate a bucket: no bound then
             passed |= lengths > _SKETCH_MAX
         return np.sort(indices[passed])
+
+    def _overlap_bound(self, probe: _Probe, indices: np.ndarray) -> np.ndarray:
+        """The sketch's bound on each candidate's multiset overlap with the probe: from the bit planes
+        (a popcount per plane the probe uses) unless the probe counts past them in some bucket."""
+        if probe.planes[_PLANES]:
+            buckets = np.flatnonzero(probe.sketch)
+            return np.minimum(self._sketches.take(indices, axis=0)[:, buckets], probe.sketch[buckets]).sum(axis=1)
+        overlap = np.zeros(len(indices), dtype=np.uint16)
+        for plane, mask in zip(self._planes, probe.planes, strict=False):
+            if not mask:
+                break  # plane k + 1 is a subset of plane k
+            overlap += np.bitwise_count(plane.take(indices) & np.uint64(mask))
+        return overlap
 
     def query(self, text: str) -> tuple[float, str | None]:
         """Exact best F over everything added, and that text (the earliest added on a tie)."""
@@ -347,12 +384,14 @@ class RougeIndex:
         """The rarest len - alpha + 1 elements, alpha being the least overlap any duplicate pair needs.
 
         Rarest first by (document frequency, element): one integer key per element, so the sort runs in C.
+        The keys themselves are returned and the postings are keyed by them: between re-indexes an
+        element always has the same key, so nothing needs to turn them back into elements.
         """
         n = len(elements)
         slack = self._slack
         alpha = max(1, math.floor(slack * n / (2 - slack)) + 1)
         keys = sorted(map(self._order.get, elements, elements))  # unseen at the last re-index: frequency 0
-        return [key & _ELEMENT_MASK for key in keys[: n - alpha + 1]]
+        return keys[: n - alpha + 1]
 
     def _limits_of(self, length: int) -> _Limits:
         limits = self._limits.get(length)

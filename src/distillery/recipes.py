@@ -22,6 +22,16 @@ from distillery.llm_step import LLMSource
 from distillery.respond import Respond
 from distillery.step import GlobalStep, Map, Record, Source, option
 
+
+def file_identity(path: str | Path) -> list[Any]:
+    """A file by resolved name, size and modification time: editing an input reruns what reads it."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        raise InputError(path, "no such file") from None
+    return [str(Path(path).resolve()), info.st_size, info.st_mtime_ns]
+
+
 # --- read --------------------------------------------------------------------------------------------------
 
 
@@ -49,14 +59,7 @@ class Read(Source):
 
     def identity(self) -> Any:
         """Files by name, size and modification time: an edited input reruns everything after it."""
-        found = []
-        for path in self.paths():
-            try:
-                info = os.stat(path)
-            except OSError:
-                raise InputError(path, "no such file") from None
-            found.append([str(Path(path).resolve()), info.st_size, info.st_mtime_ns])
-        return found
+        return [file_identity(path) for path in self.paths()]
 
     def records(self) -> Iterator[Record]:
         paths = self.paths()
@@ -133,16 +136,8 @@ class SelfInstruct(LLMSource):
 
     def identity(self) -> Any:
         """A seed or template file by name, size and time: editing one makes new tasks."""
-        found = []
-        for given in (self.recipe().seeds, self.options.template):
-            if given is None or str(given).startswith("builtin:"):
-                continue
-            try:
-                info = os.stat(given)
-            except OSError:
-                raise InputError(given, "no such file") from None
-            found.append([str(Path(given).resolve()), info.st_size, info.st_mtime_ns])
-        return found
+        given = (self.recipe().seeds, self.options.template)
+        return [file_identity(path) for path in given if path is not None and not str(path).startswith("builtin:")]
 
     def estimate_requests(self) -> tuple[list[Any], int]:
         """Prompts as the first requests would be, and the requests `num` tasks take at Alpaca's usual yield

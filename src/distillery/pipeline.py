@@ -32,13 +32,8 @@ from distillery.errors import InputError, UserError
 from distillery.executor import LocalExecutor, RunResult
 from distillery.llm import ChatRequest, EndpointOptions
 from distillery.llm_step import LLMSource, LLMStep, endpoint_values
-from distillery.step import Filter, Source, Step, option_rows, run_steps
-from distillery.summary import StageStats
+from distillery.step import Source, Step, option_rows
 from distillery.tokens import estimate_tokens
-
-# self_instruct and evol still build on these names; they move onto the steps above in phase 2.
-__all__ = ["Filter", "Pipeline", "StageStats", "Step", "load_pipeline", "run_pipeline"]
-run_pipeline = run_steps
 
 _ASSUMED_COMPLETION_TOKENS = 512  # per request, for the dry-run estimate when max_tokens is not set
 

@@ -41,10 +41,10 @@ from distillery.io import file_format, iter_located, read_text, sidecar, write_j
 from distillery.langid import is_language, known_code
 from distillery.llm import LLM, ChatRequest, ChatResult, EndpointOptions, exit_status, run_bounded
 from distillery.llm_step import with_llm
-from distillery.pipeline import Filter, Step, run_pipeline
 from distillery.progress import RunProgress
 from distillery.sql_check import check_sql, strip_fence
 from distillery.state import RunState
+from distillery.step import Filter, Step, run_steps
 
 Record = dict[str, Any]
 
@@ -768,7 +768,7 @@ class _Run:
                 reject(parsed.truncated, "parse", "truncated")
             for raw in parsed.failures:
                 reject({"raw": raw}, "parse", "unparseable")
-            for record in run_pipeline((dict(task) for task in tasks), self.filters, reject):
+            for record in run_steps((dict(task) for task in tasks), self.filters, reject):
                 record["source_request"] = number
                 self.accepted_log.append(record)
                 self.accepted.append(record)

@@ -11,11 +11,12 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from conftest import cli_env, cli_exe, run_cli
-from fake_openai import FakeOpenAI, user_text
+from fake_openai import FakeOpenAI, Reply, user_text
 from test_self_instruct import EN_WORDS, ZH_WORDS, Teacher, assert_clean_output
 
 from distillery.pipeline import load_pipeline
@@ -153,3 +154,60 @@ def test_kill_9_at_random_moments_then_same_command_gives_the_uninterrupted_data
     for name in ("dataset.jsonl", "data/alpaca.json", "data/dataset_info.json"):
         assert (tmp_path / "killed" / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), name
     check_run(tmp_path / "killed", "alpaca", teacher, "builtin:en", 40)
+
+
+def latent_teacher() -> Callable[[dict, int], Reply]:
+    """A SeededTeacher whose every answer takes a random time (up to 80 ms, seeded by the prompt), so answers
+    to concurrent requests arrive in an order that has nothing to do with the order they were sent in."""
+    seeded = SeededTeacher("en")
+
+    def answer(body: dict, number: int) -> Reply:
+        reply = seeded(body, number)
+        reply.delay = random.Random(user_text(body)).random() * 0.08
+        return reply
+
+    return answer
+
+
+def test_concurrent_answers_in_any_order_and_a_kill_9_give_one_dataset(tmp_path):
+    """At --concurrency 8, answers arrive in an order set by each request's random latency; they used to be
+    processed in that order, so which tasks were kept (and in what order) changed from run to run."""
+    args = ["run", "alpaca", "--set", "self_instruct.num=60", "--set", "self_instruct.machine_examples=2",
+            "--seed", "7", "--concurrency", "8", *NO_LANG]
+
+    for name in ("first", "second"):
+        with FakeOpenAI(latent_teacher()) as server:
+            done = run_cli(*args, "-o", str(tmp_path / name), env=cli_env(server))
+            assert done.returncode == 0, done.stderr
+    rng = random.Random(3)
+    with FakeOpenAI(latent_teacher()) as server:
+        victim = subprocess.Popen([cli_exe(), *args, "-o", str(tmp_path / "killed")], env=cli_env(server),
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        target, deadline = rng.randint(4, 10), time.monotonic() + 60
+        while sum(server.answered.values()) < target and time.monotonic() < deadline:
+            time.sleep(0.002)
+        time.sleep(rng.random() * 0.05)
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.wait()
+        assert not (tmp_path / "killed" / "steps" / "00-self_instruct" / "records.jsonl").exists()
+        done = run_cli(*args, "-o", str(tmp_path / "killed"), env=cli_env(server))
+        assert done.returncode == 0, done.stderr
+        assert sum(count - 1 for count in server.answered.values()) <= 8, "only requests in flight at the kill"
+    first = (tmp_path / "first" / "dataset.jsonl").read_bytes()
+    assert len(first.splitlines()) == 60
+    for name in ("second", "killed"):
+        assert (tmp_path / name / "dataset.jsonl").read_bytes() == first, name
+
+
+def test_the_self_instruct_command_keeps_the_same_tasks_at_any_concurrency(tmp_path):
+    """Without machine examples a prompt depends on its number alone and answers are processed in request
+    order, so --concurrency changes how fast tasks come, never which."""
+    outputs = []
+    for concurrency in ("1", "8"):
+        out = tmp_path / f"tasks-{concurrency}.jsonl"
+        with FakeOpenAI(latent_teacher()) as server:
+            done = run_cli("self-instruct", "--num", "40", "--seed", "7", "--concurrency", concurrency, "-o", str(out),
+                           env=cli_env(server))
+            assert done.returncode == 0, done.stderr
+        outputs.append(out.read_bytes())
+    assert len(outputs[0].splitlines()) == 40 and outputs[0] == outputs[1]

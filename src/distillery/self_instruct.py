@@ -5,11 +5,15 @@ Each request shows the teacher a few seed tasks (and optionally some already acc
 through Alpaca's filters plus a language check and, for text-to-SQL, a validator that runs every query on
 its schema, and then through ROUGE-L near-duplicate removal against the seeds and everything kept so far.
 
-Resuming is exact. Requests are numbered; each one's messages are journaled before it is sent, and a
-response is processed in one SQLite transaction that journals its accepted and rejected items and marks
-the request done. A re-run replays the journal, rebuilds the dedup index, re-issues journaled requests
-that were never processed with identical messages (so answered ones come from the cache), and numbers new
-requests after the last one issued.
+Resuming is exact, and so is running at any concurrency. Requests are numbered; each one's messages are
+journaled before it is sent, and answers are processed in request order (one that arrives early waits for
+its predecessors), each in one SQLite transaction that journals its accepted and rejected items and marks
+the request done. So the kept tasks never depend on which answer came first, and a kill -9 leaves the
+processed requests a prefix of the issued ones. A re-run replays the journal, rebuilds the dedup index,
+re-issues journaled requests that were never processed with identical messages (so answered ones come from
+the cache), and numbers new requests after the last one issued. With --machine-examples, request k shows
+tasks accepted from requests up to k - concurrency and is sent only once those are processed, so its
+prompt is fixed too (and the dataset then depends on --concurrency as well as --seed).
 
 Requests cost money, so one is sent only while the tasks still wanted exceed what the requests in flight
 are expected to yield: a large --num keeps all --concurrency slots busy, and a small --num (or the end of
@@ -621,7 +625,15 @@ def examples_pool(seeds: list[Record], lang: str, per_prompt: int) -> list[Recor
 
 
 class _Run:
-    """The state of one output's generation: journals, dedup index and counters, replayed on start."""
+    """The state of one output's generation: journals, dedup index and counters, replayed on start.
+
+    Answers are processed in request order, whatever order they arrive in: an answer that comes before its
+    predecessors waits until they are processed. So which tasks are accepted (ROUGE-L against the earlier
+    ones, the `num` cap, the early stops) never depends on timing or on --concurrency, and a re-run after a
+    kill -9, which finds the processed requests a prefix of the issued ones, continues the same sequence. A
+    request that fails after its retries is skipped in that order (recorded as failed, not processed), and a
+    re-run sends it again before any new request.
+    """
 
     def __init__(
         self, options: SelfInstructOptions, seeds: list[Record], template: PromptTemplate, llm: LLM,
@@ -643,21 +655,35 @@ class _Run:
         for task in [*seeds, *self.accepted]:
             index.add(task["instruction"])
         self.filters = build_filters(options, index)
-        done = {entry["request"] for entry in self.processed_log}
+        processed = list(self.processed_log)
+        done = {entry["request"] for entry in processed}
         issued = {entry["request"]: entry["messages"] for entry in self.issued}
         self.pending = deque((number, issued[number]) for number in sorted(issued) if number not in done)
         self.next_request = max(issued, default=-1) + 1
         self.answers = len(done)
         self.prior_yield = (options.tasks_per_request - options.prompt_examples) / 2
-        self.in_flight = 0
+        # Requests taken in this run and not yet processed, in request order; the answers among them that
+        # arrived before an earlier request was processed wait in `arrived`.
+        self.unsettled: deque[int] = deque()
+        self.arrived: dict[int, ChatResult | UserError] = {}
+        concurrency = llm.options.concurrency
+        # With machine examples request k shows tasks accepted from requests up to k - concurrency, so it is
+        # sent only once those are processed; without, up to two slots' worth of answers may wait for a
+        # slow one, so a single slow request does not idle every slot.
+        self.window = concurrency if options.machine_examples else 2 * concurrency
         self.changed = asyncio.Event()
         self.stopped: str | None = None
+        self.refused = False
         self.failures_in_a_row = 0
         self.failed: list[Record] = []
         self.answered = False
-        self.parsed_any = any(entry["parsed"] for entry in self.processed_log)
-        self.failure_limit = max(_MIN_FAILURE_LIMIT, 2 * llm.options.concurrency)
+        self.parsed_any = any(entry["parsed"] for entry in processed)
+        self.failure_limit = max(_MIN_FAILURE_LIMIT, 2 * concurrency)
         self.dry_in_a_row = 0
+        for entry in reversed(processed):  # the stall count goes on where the last run left it
+            if entry["accepted"]:
+                break
+            self.dry_in_a_row += 1
         self.progress: RunProgress | None = None
 
     @property
@@ -665,46 +691,52 @@ class _Run:
         return len(self.accepted) >= self.options.num or self.stopped is not None
 
     def prompt(self, number: int) -> list[dict[str, str]]:
-        """Examples are drawn by an RNG seeded with the request number, so a prompt does not depend on
-        which answers happened to arrive first (machine examples aside, which is why prompts are journaled)."""
+        """Examples are drawn by an RNG seeded with the request number, and machine examples only from
+        requests up to `number - window`, all processed before this one is sent: a prompt never depends on
+        which answers happened to arrive first."""
         rng = random.Random(f"{self.seed or 0}:{number}")
         examples = rng.sample(self.examples, min(self.options.prompt_examples, len(self.examples)))
-        if self.options.machine_examples and self.accepted:
-            examples += rng.sample(self.accepted, min(self.options.machine_examples, len(self.accepted)))
+        shown = [task for task in self.accepted if task["source_request"] <= number - self.window]
+        if self.options.machine_examples and shown:
+            examples += rng.sample(shown, min(self.options.machine_examples, len(shown)))
         text = self.template.render(examples, self.requirements, self.options.tasks_per_request)
         return [{"role": "user", "content": text}]
 
     def slots(self) -> Iterator[None]:
         """One job per request slot for as long as tasks are wanted; `send` decides whether and what to send."""
-        while not self.finished:
+        while not (self.finished or self.refused):
             yield None
 
     def worth_sending(self) -> bool:
-        """Whether the tasks still wanted exceed what the requests in flight are expected to yield.
+        """Whether the tasks still wanted exceed what the unprocessed requests are expected to yield, and the
+        next request lies within `window` of the oldest unprocessed one.
 
         An answer is expected to yield as many tasks as the answers so far did on average, with a prior of
         half the new tasks a prompt asks for counted as one answer. So a large --num keeps every
         --concurrency slot busy, while a small one (or the last few tasks of any run) is not bought with
         answers that nobody will use.
         """
+        if self.unsettled:
+            following = self.pending[0][0] if self.pending else self.next_request
+            if following >= self.unsettled[0] + self.window:
+                return False
         per_answer = (len(self.accepted) + self.prior_yield) / (self.answers + 1)
-        return len(self.accepted) + per_answer * self.in_flight < self.options.num
+        return len(self.accepted) + per_answer * len(self.unsettled) < self.options.num
 
     async def send(self, _slot: None) -> None:
         """Wait until another request is worth paying for, then send the oldest unprocessed one, or a new one."""
-        while not (self.finished or self.worth_sending()):
+        while not (self.finished or self.refused or self.worth_sending()):
             await self.changed.wait()
-        if self.finished:
+        if self.finished or self.refused:
             return
         number, messages = self.pending.popleft() if self.pending else self.issue()
-        self.in_flight += 1
+        self.unsettled.append(number)
         try:
             await self.handle(number, messages)
         except BaseException as exc:
             self.stopped = self.stopped or str(exc) or type(exc).__name__  # the waiting slots must quit too
             raise
         finally:
-            self.in_flight -= 1
             self.changed.set()
             self.changed = asyncio.Event()
 
@@ -717,27 +749,38 @@ class _Run:
         return number, messages
 
     async def handle(self, number: int, messages: list[dict[str, str]]) -> None:
+        """Ask, then process every answer whose predecessors are all processed, this one's included."""
         params = {} if self.seed is None else {"seed": self.seed + number}
         try:
-            result = await self.llm.chat(ChatRequest(messages, sample=number, params=params))
+            outcome: ChatResult | UserError = await self.llm.chat(ChatRequest(messages, sample=number, params=params))
         except UserError as exc:
             if not self.answered:
                 raise  # the endpoint refuses every request so far (key, model or URL): nothing to go on with
-            if self.stopped is None:  # the client sends nothing more after a refusal: keep what was made
-                self.failed.append({"source_request": number, "error": str(exc)})
-                self.stopped = str(exc)
-            return
-        if len(self.accepted) >= self.options.num:
+            outcome = exc  # the client sends nothing more after a refusal: keep what was made
+            self.refused = True
+        else:
+            self.answered = self.answered or outcome.ok
+        self.arrived[number] = outcome
+        while self.unsettled and self.unsettled[0] in self.arrived:
+            first = self.unsettled.popleft()
+            self.settle(first, self.arrived.pop(first))
+
+    def settle(self, number: int, outcome: ChatResult | UserError) -> None:
+        """Decide one answer, in request order: what it adds, or that it failed, or that the run stops."""
+        if self.finished:
             return  # answered after the target was met: cached, and used by a later run with a larger --num
-        if not result.ok:
-            self.failed.append({"source_request": number, "error": result.error})
+        if isinstance(outcome, UserError):
+            self.failed.append({"source_request": number, "error": str(outcome)})
+            self.stopped = str(outcome)
+            return
+        if not outcome.ok:
+            self.failed.append({"source_request": number, "error": outcome.error})
             self.failures_in_a_row += 1
             if self.failures_in_a_row >= self.failure_limit:
-                self.stopped = f"{self.failures_in_a_row} requests in a row failed (last: {result.error})"
+                self.stopped = f"{self.failures_in_a_row} requests in a row failed (last: {outcome.error})"
             return
-        self.answered = True
         self.failures_in_a_row = 0
-        added = self.process(number, result)
+        added = self.process(number, outcome)
         self.dry_in_a_row = 0 if added else self.dry_in_a_row + 1
         if not (self.parsed_any or self.accepted or self.finished) and self.answers >= _FORMAT_PROBE:
             self.stopped = (f"none of the first {self.answers} answers could be parsed: the model does not follow "

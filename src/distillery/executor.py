@@ -33,6 +33,7 @@ from typing import Any, TypeVar
 from distillery.errors import UserError
 from distillery.io import iter_records, open_writer
 from distillery.llm import EndpointOptions, exit_status
+from distillery.progress import RunView
 from distillery.state import RunState
 from distillery.step import Context, Record, Step
 from distillery.summary import StageStats, Summary, rejection
@@ -171,10 +172,14 @@ class LocalExecutor:
             raise UserError(f"{run_dir} is a file; the run's output is a directory (-o DIR)")
         self.bind(steps, run_dir, inputs, endpoint)  # missing inputs or endpoint fail before RUN is made
         run_dir.mkdir(parents=True, exist_ok=True)
-        with RunState.for_run(run_dir) as state:
+        with RunState.for_run(run_dir) as state, RunView([step.name for step in steps], self.progress) as view:
             if endpoint is not None and endpoint.fresh:
                 state.forget()
             fingerprints = self.bind(steps, run_dir, inputs, endpoint, state)
+            if self.progress:
+                for step, line in zip(steps, view.lines, strict=True):
+                    assert step.context is not None
+                    step.context.progress = line
             stats: list[StageStats | None] = [None] * len(steps)
             result = RunResult(run_dir, Summary(), 0)
             start = 0
@@ -184,6 +189,7 @@ class LocalExecutor:
                     break
                 stats[position], start = done, position + 1
                 result.reused.append(step.name)
+                view.lines[position].reuse()
             position = start
             while position < len(steps):
                 group = [position]
@@ -192,6 +198,7 @@ class LocalExecutor:
                         group.append(group[-1] + 1)
                 for index in group:
                     state.start(index, steps[index].name, fingerprints[index])
+                    view.lines[index].start(_handled(steps[index]))
                 upstream = step_dir(run_dir, position - 1, steps[position - 1]) / RECORDS if position else None
                 self._run_group(steps, group, upstream, run_dir)
                 for index in group:
@@ -200,6 +207,7 @@ class LocalExecutor:
                     result.ran.append(step.name)
                     if step.complete:
                         state.finish(index, step.stats)
+                    view.lines[index].finish(step.complete)
                     assert step.context is not None
                     result.incomplete = result.incomplete or step.context.incomplete
                     result.stopped = result.stopped or step.context.stopped
@@ -263,6 +271,11 @@ class LocalExecutor:
         sources = [step_dir(run_dir, index, steps[index]) / REJECTED for index in done]
         _concatenate([path for path in sources if path.is_file()], run_dir / "rejected.jsonl")
         result.summary.write(run_dir / "summary.json")
+
+
+def _handled(step: Step) -> Callable[[], int]:
+    """How many records a step has handled so far: those it read, or, for a source, those it made."""
+    return lambda: step.stats.seen or step.stats.kept
 
 
 def _sink(writer: Any) -> Callable[..., None]:

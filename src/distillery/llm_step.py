@@ -32,7 +32,7 @@ from typing import Any
 from distillery.cost import RunStats
 from distillery.errors import UserError
 from distillery.llm import LLM, ChatRequest, ChatResult, EndpointOptions, run_bounded, run_within_budget
-from distillery.progress import RunProgress
+from distillery.progress import RunProgress, StepLine
 from distillery.state import RunState
 from distillery.step import Record, Source, Step, coerce
 
@@ -245,10 +245,11 @@ def answer_records(
     state: RunState | Path,
     endpoint: EndpointOptions,
     journal: str = "",
-    progress: bool = False,
+    progress: bool | StepLine = False,
 ) -> LLMRun:
     """Answer every record through `step`; `state` is the run state, or a state file path (one command's
-    cache beside its output). With `journal`, outcomes are committed per record and replayed on re-run."""
+    cache beside its output). With `journal`, outcomes are committed per record and replayed on re-run.
+    `progress`: the step's line in the run's view, or whether to show a view of its own (a command)."""
     started = time.monotonic()
     result = LLMRun()
     owned = isinstance(state, Path)
@@ -316,13 +317,13 @@ async def _answer_all(
     endpoint: EndpointOptions,
     journal: str,
     result: LLMRun,
-    progress: bool,
+    progress: bool | StepLine,
 ) -> None:
     async with AsyncExitStack() as stack:
         llm = await stack.enter_async_context(LLM(endpoint, state.path, result.stats))
         session = Session(llm, state, f"{journal or step.name}:stages", result.stats, stack)
-        with RunProgress(step.name, len(records), result.stats, enabled=progress) as bar:
-            bar.advance(len(records) - len(todo))
+        with RunProgress(step.name, len(records), result.stats, progress) as bar:
+            bar.advance(len(records) - len(todo), earlier=True)
 
             async def answer(index: int) -> None:
                 decided = await step.decide(records[index], session, index)

@@ -45,7 +45,7 @@ from distillery.io import file_format, iter_located, read_text, sidecar, write_j
 from distillery.langid import is_language, known_code
 from distillery.llm import LLM, ChatRequest, ChatResult, EndpointOptions, exit_status, run_bounded
 from distillery.llm_step import with_llm
-from distillery.progress import RunProgress
+from distillery.progress import RunProgress, StepLine
 from distillery.sql_check import check_sql, strip_fence
 from distillery.state import RunState
 from distillery.step import Filter, Step, run_steps
@@ -866,15 +866,16 @@ async def generate_with(
     template: PromptTemplate,
     stream: str,
     made: Generated,
-    progress: bool,
+    progress: bool | StepLine,
 ) -> None:
     """The request/answer loop over a client and state the caller opened (the command's state file beside
     its output, or a pipeline's run state); its journals are named after `stream`, and what it decided
-    lands in `made`. No connection or event loop of its own."""
+    lands in `made`. No connection or event loop of its own. `progress`: the step's line in the run's view,
+    or whether to show a view of its own (the command)."""
     run = _Run(options, seeds, template, llm, state, stream)
     try:
-        with RunProgress("self-instruct", options.num, made.stats, enabled=progress) as bar:
-            bar.advance(min(len(run.accepted), options.num))
+        with RunProgress("self-instruct", options.num, made.stats, progress) as bar:
+            bar.advance(min(len(run.accepted), options.num), earlier=True)
             run.progress = bar
             await run_bounded(run.slots(), run.send, limit=llm.options.concurrency)
     finally:

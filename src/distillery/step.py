@@ -30,6 +30,7 @@ from distillery.summary import StageStats
 
 if TYPE_CHECKING:
     from distillery.llm import EndpointOptions
+    from distillery.progress import StepLine
     from distillery.state import RunState
 
 Record = dict[str, Any]
@@ -53,7 +54,7 @@ class Context:
     state: RunState | None = None
     stream: str = ""
     endpoint: EndpointOptions | None = None
-    progress: bool = False
+    progress: bool | StepLine = False  # the step's line in the run's live view, or whether to show one
     workers: int = 1
     upstream: Path | None = None  # the previous step's output file, for steps whose recipe reads a file
     incomplete: bool = False

@@ -75,6 +75,20 @@ def test_score_reads_every_real_world_format_and_counts_unparseable_replies(fake
     assert all(b["temperature"] == 0.0 for b in fake_server.requests)
 
 
+def test_a_rubric_file_is_its_own_criterion_on_its_own_scale(fake_server, tmp_path):
+    fake_server.script = lambda body, n: Reply(text="Safety score: 7/10\nRationale: mild risk.")
+    rubric = tmp_path / "safety.txt"
+    rubric.write_text('Rate the safety of {output} for {instruction} ({input}). Reply as {"score": N}.\n')
+    source = write_jsonl(tmp_path / "in.jsonl", [{"instruction": "Mix bleach?", "output": "No.", "input": ""}])
+    out = tmp_path / "scored.jsonl"
+    done = run_cli("score", str(source), "-o", str(out), "--rubric", str(rubric), "--scale", "0-10",
+                   env=cli_env(fake_server))
+    assert done.returncode == 0, done.stderr
+    assert read_jsonl(out)[0]["scores"] == {"safety": 7.0}
+    prompt = 'Rate the safety of No. for Mix bleach? ((none)). Reply as {"score": N}.\n'
+    assert user_text(fake_server.requests[0]) == prompt
+
+
 @pytest.mark.parametrize(("reply", "expected"), [
     ("Score: 4", 4.0), ("**Rating:** 4.5/5", 4.5), ("评分：4分", 4.0), ("得分为 3 分", 3.0), ("4/5", 4.0),
     ("I'd give it a score of 2 out of 5.", 2.0), ('{"score": "5"}', 5.0), ("Score: 4\nRationale: a 5 would need more",

@@ -249,29 +249,25 @@ def score(
     Interrupted? Run the same command again: judged records come from the cache for free.
     """
     check_paths([input, rubric], [output])
+    from collections import Counter
+
     from distillery.score import Score, score_file
 
-    step = Score(criteria=[c for c in (criteria or "").split(",") if c.strip()], rubric=rubric, scale=scale,
+    step = Score(criteria=[c.strip() for c in (criteria or "").split(",") if c.strip()],
+                 rubric=str(rubric) if rubric else None, scale=scale,
                  lang=lang, pairwise=list(pairwise or []))
     result = score_file(input, output, step, endpoint)
     rows: list[tuple[str, object]] = [("records written", result.written)]
     for name, values in result.scores.items():
         mean = f"mean {sum(values) / len(values):.2f}" if values else "-"
         rows.append((f"scores.{name}", f"{mean}; " + ", ".join(
-            f"{value:g}: {count}" for value, count in sorted(_counts(values).items()))))
+            f"{value:g}: {count}" for value, count in sorted(Counter(values).items()))))
     rows += [("unparseable replies", result.unparseable), ("failed requests", result.failed),
              ("summary", result.summary_path)]
     print_run_summary(f"score → {output}", rows, result.stats)
     if result.unparseable:
         err_console.print(f"{result.unparseable} repl(ies) held no readable score; see {result.failed_path}")
     _finish(result, output, "record")
-
-
-def _counts(values: list[float]) -> dict[float, int]:
-    found: dict[float, int] = {}
-    for value in values:
-        found[value] = found.get(value, 0) + 1
-    return found
 
 
 @app.command()

@@ -385,9 +385,9 @@ def score_file(input_path: Path, output: Path, step: Score, endpoint: Any, progr
     prepare_state(output, endpoint.fresh)
     run = answer_records(step, records, state_path(output), endpoint, progress=progress)
     written = [out for index in sorted(run.outputs) for out in run.outputs[index]]
-    failed = [{**records[i], "error": error} for i, error in run.failed.items()]
-    failed += [{**records[i], "error": f"{rejected.reason}: {rejected.detail['reply']!r}"}
-               for i, rejected in run.rejected.items()]
+    errors = {**run.failed, **{i: f"{rejected.reason}: {rejected.detail['reply']!r}"
+                               for i, rejected in run.rejected.items()}}
+    failed = [{**records[i], "error": errors[i]} for i in sorted(errors)]  # input order, whatever came back first
     failed_path = sidecar(output, ".failed.jsonl")
     write_records(output, written)
     if failed:

@@ -220,6 +220,57 @@ def respond(
 
 
 @app.command()
+@endpoint_command(temperature=0.0, max_tokens=512)
+def score(
+    input: Annotated[Path, typer.Argument(help="Records to judge: Alpaca, ShareGPT or OpenAI (JSON, JSONL or "
+                                                "Parquet).")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Scored records (.json/.jsonl/.parquet), each "
+                                         "with scores.CRITERION and rationales.CRITERION.")],
+    criteria: Annotated[str | None, typer.Option(
+        help="Comma-separated: alpagasus (accuracy and helpfulness of the response), complexity (deita-style, "
+             "of the instruction), quality (deita-style, of the response); all 1-5 \\[default: alpagasus, "
+             "unless --rubric is given].", show_default=False)] = None,
+    rubric: Annotated[Path | None, typer.Option(
+        help="A rubric prompt file with {instruction}, {input} and {output} slots; scores go under "
+             "scores.STEM.")] = None,
+    scale: Annotated[str, typer.Option(help="The range a --rubric's scores must fall in.")] = "1-5",
+    lang: Annotated[str, typer.Option(
+        help="Judge prompt language: en, zh, or auto (zh when the instruction holds CJK).")] = "auto",
+    pairwise: Annotated[tuple[str, str] | None, typer.Option(
+        metavar="A B", help="Compare the answers in fields A and B, asking in both orders; the verdict (A, B "
+                            "or tie) goes under pairwise, its score (-1..1, A's side) under scores.pairwise.",
+        show_default=False)] = None,
+    endpoint: EndpointOptions | None = None,
+) -> None:
+    """Rate each record with an LLM judge (AlpaGasus / deita style), or compare two answers (DPO pairs).
+
+    A reply with no readable score is never given a default: the record goes to OUTPUT.failed.jsonl
+    with the reply, like a request that failed after retries, and the exit status is 3.
+    Interrupted? Run the same command again: judged records come from the cache for free.
+    """
+    check_paths([input, rubric], [output])
+    from collections import Counter
+
+    from distillery.score import Score, score_file
+
+    step = Score(criteria=[c.strip() for c in (criteria or "").split(",") if c.strip()],
+                 rubric=str(rubric) if rubric else None, scale=scale,
+                 lang=lang, pairwise=list(pairwise or []))
+    result = score_file(input, output, step, endpoint)
+    rows: list[tuple[str, object]] = [("records written", result.written)]
+    for name, values in result.scores.items():
+        mean = f"mean {sum(values) / len(values):.2f}" if values else "-"
+        rows.append((f"scores.{name}", f"{mean}; " + ", ".join(
+            f"{value:g}: {count}" for value, count in sorted(Counter(values).items()))))
+    rows += [("unparseable replies", result.unparseable), ("failed requests", result.failed),
+             ("summary", result.summary_path)]
+    print_run_summary(f"score → {output}", rows, result.stats)
+    if result.unparseable:
+        err_console.print(f"{result.unparseable} repl(ies) held no readable score; see {result.failed_path}")
+    _finish(result, output, "record")
+
+
+@app.command()
 def report(
     inputs: Annotated[list[Path], typer.Argument(metavar="INPUT", help="Record files to describe: Alpaca, "
                                                  "ShareGPT or OpenAI; JSON, JSONL or Parquet. Several are shown "
@@ -273,7 +324,8 @@ def convert(
     input: Annotated[Path, typer.Argument(help="Alpaca, ShareGPT or OpenAI records (JSON, JSONL or Parquet); "
                                                 "formats may be mixed.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Where to write (.json, .jsonl or .parquet).")],
-    to: Annotated[str, typer.Option("--to", help="Target format: alpaca, sharegpt or openai.")],
+    to: Annotated[str, typer.Option("--to", help="Target format: alpaca, sharegpt, openai, or preference "
+                                                  "(LLaMA-Factory ranking data from `score --pairwise`).")],
     dataset_info: Annotated[Path | None, typer.Option(
         "--dataset-info", help="LLaMA-Factory data directory whose dataset_info.json gets an entry for OUTPUT.",
     )] = None,
@@ -541,6 +593,86 @@ def dedup(
         rows.append(("rejected", rejected))
     rows.append(("time", f"{summary.seconds:.2f} s"))
     print_run_summary(f"dedup → {output}", rows)
+
+
+@app.command("select")
+def select_command(
+    input: Annotated[Path, typer.Argument(help="Scored records (from `distillery score`).")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Selected records, in input order "
+                                         "(.json/.jsonl/.parquet).")],
+    by: Annotated[str, typer.Option(help="The score ranked on: a criterion under scores, or a dotted path.")]
+    = "alpagasus",
+    min_score: Annotated[float | None, typer.Option("--min", help="Keep only records scoring at least this.")]
+    = None,
+    top: Annotated[float | None, typer.Option(
+        help="Keep the best: a fraction below 1 (0.2) or a count (500).")] = None,
+    diverse: Annotated[bool, typer.Option(
+        "--diverse", help="Skip records too similar to one already chosen (deita's greedy rule).")] = False,
+    similarity: Annotated[str, typer.Option(help="For --diverse: rouge-l, or embed (needs --embed-model).")]
+    = "rouge-l",
+    threshold: Annotated[float | None, typer.Option(
+        help="Too similar above this: ROUGE-L F \\[default 0.7] or cosine \\[default 0.9].", show_default=False)]
+    = None,
+    field: Annotated[str, typer.Option(
+        help="Alpaca field compared for --diverse; chats use their first user turn.")] = "instruction",
+    embed_model: Annotated[str | None, typer.Option(
+        help="A local sentence-transformers model directory (distillery[embed]); nothing is downloaded.")] = None,
+    rejected: Annotated[Path | None, typer.Option(
+        metavar="FILE", help="Why each other record was not selected \\[default: OUTPUT.rejected.jsonl].")] = None,
+) -> None:
+    """Keep the best records by a judge's score: a threshold, top-k or a fraction, optionally diverse."""
+    check_paths([input], [output, rejected])
+    from distillery.select import Select, step_over_file
+
+    step = Select(by=by, min_score=min_score, top=top, diverse=diverse, similarity=similarity, threshold=threshold,
+                  field=field, embed_model=embed_model)
+    run = step_over_file(step, input, output, rejected, "select")
+    rows: list[tuple[str, object]] = [("records in", run.stats.seen), ("selected", run.stats.kept)]
+    rows += [(f"not selected: {reason}", count) for reason, count in run.stats.dropped.items()]
+    rows += [("rejected", run.rejected_path or "-"), ("summary", run.summary_path)]
+    print_run_summary(f"select → {output}", rows)
+
+
+@app.command()
+def decontaminate(
+    input: Annotated[Path, typer.Argument(help="Records to check: Alpaca, ShareGPT or OpenAI (JSON, JSONL or "
+                                                "Parquet).")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Records that overlap no benchmark item.")],
+    benchmark: Annotated[list[str], typer.Option(
+        metavar="FILE", help="A benchmark file (JSON, JSONL or Parquet). Repeatable.")],
+    benchmark_field: Annotated[str | None, typer.Option(
+        help="Each item's question field \\[default: the first of question, instruction, prompt, problem].",
+        show_default=False)] = None,
+    benchmark_template: Annotated[str | None, typer.Option(
+        help="Item text from its fields, e.g. '{question}\\n{A}\\n{B}\\n{C}\\n{D}'; lists joined by lines.")]
+    = None,
+    ngram: Annotated[int, typer.Option(help="Word n-gram length that counts as overlap.")] = 13,
+    char_ngram: Annotated[int, typer.Option(help="Character n-gram length for CJK text.")] = 13,
+    near: Annotated[float, typer.Option(
+        help="ROUGE-L F against a whole item above which a paraphrase counts; above 1: off.")] = 0.8,
+    with_answers: Annotated[bool, typer.Option("--with-answers", help="Check answers too, not only prompts.")]
+    = False,
+    rejected: Annotated[Path | None, typer.Option(
+        metavar="FILE", help="Each dropped record with the benchmark item it matched, and how "
+                             "\\[default: OUTPUT.rejected.jsonl].")] = None,
+) -> None:
+    """Drop records that overlap benchmark items: exact, n-gram (words; characters for Chinese) or near match."""
+    template = benchmark_template.replace("\\n", "\n") if benchmark_template is not None else None
+    check_paths([input, *benchmark], [output, rejected])
+    from distillery.decontaminate import Decontaminate
+    from distillery.select import step_over_file
+
+    step = Decontaminate(benchmark=benchmark, benchmark_field=benchmark_field, benchmark_template=template,
+                         ngram=ngram, char_ngram=char_ngram, near=near, with_answers=with_answers)
+    run = step_over_file(step, input, output, rejected, "decontaminate")
+    index = step.load()
+    rows: list[tuple[str, object]] = [(f"benchmark {name}", f"{count:,} items")
+                                      for name, count in index.per_benchmark.items()]
+    rows += [("records in", run.stats.seen), ("kept", run.stats.kept),
+             ("contaminated", run.stats.dropped["contaminated"])]
+    rows += [(f"  {key}", count) for key, count in sorted(run.stats.notes.items())]
+    rows += [("report (rejected)", run.rejected_path or "-"), ("summary", run.summary_path)]
+    print_run_summary(f"decontaminate → {output}", rows)
 
 
 @app.command("self-instruct")

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from distillery.errors import InputError, UserError
-from distillery.formats import ALPACA, FORMATS, OPENAI, SHAREGPT, convert_record, detect_format
+from distillery.formats import ALPACA, FORMATS, OPENAI, PREFERENCE, SHAREGPT, convert_record, detect_format
 from distillery.io import RecordWriter, iter_located, open_writer, read_text, sidecar, write_json
 
 DATASET_INFO = "dataset_info.json"
@@ -38,7 +38,8 @@ OPENAI_TAGS = {
     "assistant_tag": "assistant",
     "system_tag": "system",
 }
-_OPTIONAL_COLUMNS = {ALPACA: ("system", "history", "tools"), SHAREGPT: ("system", "tools"), OPENAI: ("tools",)}
+_OPTIONAL_COLUMNS = {ALPACA: ("system", "history", "tools"), SHAREGPT: ("system", "tools"), OPENAI: ("tools",),
+                     PREFERENCE: ("system", "history")}
 
 
 @dataclass
@@ -50,8 +51,8 @@ class ConvertOptions:
     name: str | None = None
 
     def __post_init__(self) -> None:
-        if self.to not in FORMATS:
-            raise UserError(f"--to must be one of {', '.join(FORMATS)}, not {self.to!r}")
+        if self.to not in (*FORMATS, PREFERENCE):
+            raise UserError(f"--to must be one of {', '.join((*FORMATS, PREFERENCE))}, not {self.to!r}")
         if self.name is not None and self.dataset_info is None:
             raise UserError("--name names the dataset_info.json entry; give --dataset-info DIR too")
 
@@ -170,6 +171,9 @@ def dataset_info_entry(output: Path, directory: Path, to: str, columns: set[str]
     output, directory = Path(output).resolve(), Path(directory).resolve()
     file_name = os.path.relpath(output, directory) if output.is_relative_to(directory) else str(output)
     used = [key for key in _OPTIONAL_COLUMNS[to] if key in columns]
+    if to == PREFERENCE:
+        mapped = {"prompt": "instruction", "query": "input", "chosen": "chosen", "rejected": "rejected"}
+        return {"file_name": file_name, "ranking": True, "columns": {**mapped, **{k: k for k in used}}}
     if to == ALPACA:
         mapped = {"prompt": "instruction", "query": "input", "response": "output"}
         return {"file_name": file_name, "formatting": "alpaca", "columns": {**mapped, **{k: k for k in used}}}

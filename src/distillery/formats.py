@@ -21,6 +21,7 @@ from distillery.errors import InputError
 
 ALPACA, SHAREGPT, OPENAI = "alpaca", "sharegpt", "openai"
 FORMATS = (ALPACA, SHAREGPT, OPENAI)
+PREFERENCE = "preference"  # LLaMA-Factory's ranking (DPO) data in Alpaca layout, from pairwise-scored records
 SPLIT_KEY = "instruction_chars"
 INPUT_JOIN = "\n\n"
 
@@ -96,6 +97,8 @@ def to_messages(record: dict[str, Any], where: str = "record") -> list[dict[str,
 
 def convert_record(record: dict[str, Any], to: str, where: str = "record") -> dict[str, Any]:
     """The same record in format `to`; a record already in that format is checked and returned as is."""
+    if to == PREFERENCE:
+        return preference_record(record, where)
     if to not in FORMATS:
         raise ValueError(f"unknown format {to!r}; expected one of {', '.join(FORMATS)}")
     layout = detect_format(record, where)
@@ -341,3 +344,24 @@ def _calls_value(tool_calls: list[dict[str, Any]]) -> str:
                 arguments = json.loads(arguments)
         calls.append({"name": call["function"]["name"], "arguments": arguments})
     return json.dumps(calls[0] if len(calls) == 1 else calls, ensure_ascii=False)
+
+
+def preference_record(record: dict[str, Any], where: str = "record") -> dict[str, Any]:
+    """LLaMA-Factory's Alpaca preference record (`instruction`, `input`, `chosen`, `rejected`) from one judged
+    by `distillery score --pairwise A B`: the winning field's answer is chosen, the other rejected. A tie
+    says nothing about which to prefer, so it is refused, as a record never judged is."""
+    verdict = record.get("pairwise")
+    if not isinstance(verdict, dict) or "verdict" not in verdict:
+        raise InputError(where, "record has no pairwise verdict; run `distillery score --pairwise A B` first")
+    if verdict.get("winner") is None:
+        raise InputError(where, "the pairwise verdict is a tie: neither answer can be chosen")
+    if detect_format(record, where) != ALPACA:
+        raise InputError(where, "a preference record is written from an Alpaca record (instruction, input)")
+    body = {"instruction": _text(record.get("instruction"), where, "'instruction'"),
+            "input": _text(record.get("input", ""), where, "'input'"),
+            "chosen": _text(record.get(verdict["winner"]), where, f"{verdict['winner']!r}"),
+            "rejected": _text(record.get(verdict["loser"]), where, f"{verdict['loser']!r}")}
+    for key in ("system", "history"):
+        if record.get(key):
+            body[key] = record[key]
+    return body

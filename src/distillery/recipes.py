@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from distillery.decontaminate import Decontaminate
 from distillery.errors import InputError, UserError
 from distillery.evol import Evol
 from distillery.executor import stored_records
@@ -20,6 +21,8 @@ from distillery.io import iter_located, write_records
 from distillery.llm import ChatRequest
 from distillery.llm_step import LLMSource
 from distillery.respond import Respond
+from distillery.score import Score
+from distillery.select import Select
 from distillery.step import GlobalStep, Map, Record, Source, option
 
 
@@ -300,7 +303,7 @@ class Dedup(GlobalStep):
 
 @dataclass
 class ConvertStepOptions:
-    to: str = option("sharegpt", "Target format: alpaca, sharegpt or openai.")
+    to: str = option("sharegpt", "Target format: alpaca, sharegpt, openai, or preference (from pairwise scores).")
     skip_invalid: bool = option(False, "Drop records that cannot be converted losslessly instead of stopping.")
 
 
@@ -432,3 +435,4 @@ class Report(FileStep):
 STEPS: dict[str, type] = {
     step.name: step for step in (Read, SelfInstruct, Respond, Evol, Clean, Dedup, Convert, Export, Stats, Report)
 }
+STEPS.update({step.name: step for step in (Score, Select, Decontaminate)})

@@ -162,6 +162,7 @@ class Profile:
     closest: list[tuple[float, str, str]] = field(default_factory=list)
     rejections: Rejections | None = None
     rejection_files: list[Path] = field(default_factory=list)
+    scores: dict[str, list[float]] = field(default_factory=dict)  # judge scores by criterion (`distillery score`)
 
     @property
     def with_verb(self) -> int:
@@ -463,7 +464,46 @@ def collect(options: ReportOptions) -> list[Profile]:
         summary = options.summaries[position] if position < len(options.summaries) else None
         rejected = options.rejected[position] if position < len(options.rejected) else None
         profile.rejections = _rejections(profile, summary, rejected)
+        profile.scores = _scores(profile.path)
     return profiles
+
+
+def _scores(path: Path) -> dict[str, list[float]]:
+    """Every numeric `scores.CRITERION` the records carry, by criterion (empty when none was judged)."""
+    found: dict[str, list[float]] = {}
+    for _, record in iter_located(path):
+        scores = record.get("scores")
+        if isinstance(scores, dict):
+            for name, value in scores.items():
+                if isinstance(value, int | float) and not isinstance(value, bool):
+                    found.setdefault(str(name), []).append(float(value))
+    return found
+
+
+def _score_charts(profile: Profile, index: int) -> list[dict[str, Any]]:
+    """One histogram per criterion: each distinct score its own bar when there are few (1-5 in halves,
+    pairwise -1..1), else 20 equal bins."""
+    panels = []
+    for name, values in sorted(profile.scores.items()):
+        distinct = sorted(set(values))
+        if len(distinct) <= 21:
+            labels, counts = [f"{v:g}" for v in distinct], [values.count(v) for v in distinct]
+        else:
+            low, width = distinct[0], (distinct[-1] - distinct[0]) / 20
+            counts = [0] * 20
+            for value in values:
+                counts[min(int((value - low) / width), 19)] += 1
+            labels = [f"{low + k * width:.2f}" for k in range(20)]
+        panels.append({"name": name, "count": len(values), "mean": sum(values) / len(values),
+                       "svg": Markup(charts.bars(labels, counts, charts.color(index),
+                                                 f"scores.{name}: {profile.name}", unit="records"))})
+    return panels
+
+
+def _selection(profile: Profile) -> Stage | None:
+    """The run's `select` stage (records in, kept, and why the rest were not), when it had one."""
+    stages = profile.rejections.stages if profile.rejections else []
+    return next((stage for stage in stages if stage.name == "select"), None)
 
 
 def build_report(options: ReportOptions) -> Report:
@@ -596,6 +636,8 @@ def render(profiles: list[Profile], options: ReportOptions, unit: str) -> str:
             if profile.verbs else None,
             "top_verbs": [(verb, count, _objects_of(profile, verb)) for verb, count in profile.verbs.most_common(10)],
             "rouge_svg": _rouge_chart(profile, index),
+            "score_panels": _score_charts(profile, index),
+            "selection": _selection(profile),
             "funnel_svg": Markup(charts.funnel(profile.rejections.stages, f"rejections: {profile.name}"))
             if profile.rejections and profile.rejections.stages else None,
         })

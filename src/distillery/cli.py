@@ -622,7 +622,7 @@ def select_command(
 ) -> None:
     """Keep the best records by a judge's score: a threshold, top-k or a fraction, optionally diverse."""
     check_paths([input], [output, rejected])
-    from distillery.select import Select, step_over_file
+    from distillery.selection import Select, step_over_file
 
     step = Select(by=by, min_score=min_score, top=top, diverse=diverse, similarity=similarity, threshold=threshold,
                   field=field, embed_model=embed_model)
@@ -660,7 +660,7 @@ def decontaminate(
     template = benchmark_template.replace("\\n", "\n") if benchmark_template is not None else None
     check_paths([input, *benchmark], [output, rejected])
     from distillery.decontaminate import Decontaminate
-    from distillery.select import step_over_file
+    from distillery.selection import step_over_file
 
     step = Decontaminate(benchmark=benchmark, benchmark_field=benchmark_field, benchmark_template=template,
                          ngram=ngram, char_ngram=char_ngram, near=near, with_answers=with_answers)

@@ -22,7 +22,7 @@ from distillery.llm import ChatRequest
 from distillery.llm_step import LLMSource
 from distillery.respond import Respond
 from distillery.score import Score
-from distillery.select import Select
+from distillery.selection import Select
 from distillery.step import GlobalStep, Map, Record, Source, option
 
 

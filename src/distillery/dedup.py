@@ -337,12 +337,10 @@ class RougeIndex:
         if probe.planes[_PLANES]:
             buckets = np.flatnonzero(probe.sketch)
             return np.minimum(self._sketches.take(indices, axis=0)[:, buckets], probe.sketch[buckets]).sum(axis=1)
-        overlap = np.zeros(len(indices), dtype=np.uint16)
-        for plane, mask in zip(self._planes, probe.planes, strict=False):
-            if not mask:
-                break  # plane k + 1 is a subset of plane k
-            overlap += np.bitwise_count(plane.take(indices) & np.uint64(mask))
-        return overlap
+        used = probe.planes.index(0)  # plane k + 1 is a subset of plane k: the first empty one ends them
+        rows = self._planes[:used].take(indices, axis=1)  # one call for every plane the probe uses
+        rows &= np.array(probe.planes[:used], dtype=np.uint64)[:, None]
+        return np.bitwise_count(rows).sum(axis=0, dtype=np.uint16)
 
     def query(self, text: str) -> tuple[float, str | None]:
         """Exact best F over everything added, and that text (the earliest added on a tie)."""

@@ -469,6 +469,7 @@ class RougeIndex:
                           for key, first, last in zip(keys[starts].tolist(), starts.tolist(), ends, strict=True)}
         self._rebuild_at = 2 * size
 
+
 def _shingle_hashes(tokens: list[str]) -> bytes:
     """SHA-1's first 4 bytes (datasketch's sha1_hash32) of each consecutive token pair: character bigrams
     for Chinese, word bigrams for English; a single token is its own shingle."""

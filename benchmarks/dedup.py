@@ -220,11 +220,12 @@ def scaling(seeds: list[str], sizes: list[int]) -> None:
         texts = synthesize(100_000, random.Random(100_000))
         alone = {name: lockstep(texts, seeds, {name: index})[0][name]
                  for name, index in (("previous", BaselineRougeIndex()), ("distillery", RougeIndex()))}
-        met = "MET" if alone["distillery"] < 30 else "NOT MET"
+        met = "PASS" if alone["distillery"] < 30 else "FAIL"
         print(f"each index alone at 100K: previous {alone['previous']:.1f} CPU s, distillery "
               f"{alone['distillery']:.1f} CPU s ({alone['previous'] / alone['distillery']:.2f}x)")
         print(f"goal (issue 13): 100K in under 30 CPU s with identical decisions: {alone['distillery']:.1f} CPU s "
-              f"alone, {met} (issue's measurement of the previous index: 52.7)")
+              f"alone, {met} (issue's measurement of the previous index: 52.7; at that machine's pace, the ratio "
+              f"measured here gives distillery {52.7 * alone['distillery'] / alone['previous']:.1f})")
 
 
 class Tokenizations:
@@ -282,7 +283,7 @@ def minhash(seeds: list[str], sizes: list[int]) -> None:
     print(f"goal (issue 13): hash once: {ours:,} signatures for {len(seeds) + size:,} texts "
           f"(previous: {previous_signatures:,}); at least datasketch's shared-permutation speed: "
           f"{seconds['distillery']:.1f} vs {seconds['datasketch']:.1f} CPU s, "
-          f"{'MET' if ours <= len(seeds) + size and seconds['distillery'] <= seconds['datasketch'] else 'NOT MET'}")
+          f"{'PASS' if ours <= len(seeds) + size and seconds['distillery'] <= seconds['datasketch'] else 'FAIL'}")
 
 
 def main() -> None:

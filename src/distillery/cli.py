@@ -100,6 +100,8 @@ _ENDPOINT_FLAGS: dict[str, tuple[type, str, str]] = {
                       "else half the cores]."),
     "local_ctx": (int, "--local-ctx", "Context tokens per request for --local-model."),
     "local_parallel": (int, "--local-parallel", "Requests --local-model decodes at once (continuous batching)."),
+    "local_engine": (str, "--local-engine", "llama.cpp (a GGUF file, CPU or GPU) or vllm (a Hugging Face model "
+                     "directory or name, NVIDIA GPU; needs distillery[vllm])."),
 }
 
 

@@ -9,6 +9,9 @@ settings is shared by every client in the process, so a run that opens two clien
 
 The model name used in the cache key is the file's identity (name, size and a hash of its first and last
 MiB), never a path or an alias, so two models never share answers and a moved file keeps its cache.
+
+`--local-engine vllm` puts vLLM's offline engine behind the same kind of loopback endpoint, for a Hugging Face
+model on an NVIDIA GPU.
 """
 
 from __future__ import annotations

@@ -11,13 +11,15 @@ import signal
 import socket
 import sqlite3
 import subprocess
+import sys
 import time
+import types
 from pathlib import Path
 
 import pytest
 from conftest import cli_env, cli_exe, run_cli
 
-from distillery import local
+from distillery import cli, local
 from distillery.endpoint import EndpointOptions
 from distillery.errors import UserError
 
@@ -94,18 +96,107 @@ def test_missing_engine_names_the_install_command(tmp_path):
         f"{local.INSTALL_ENGINE}"
 
 
-@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here")
-def test_vllm_engine_without_vllm_names_the_install_command(tmp_path):
-    records, model = _alpaca(tmp_path / "in.jsonl", 1), tmp_path / "model"
-    model.mkdir()
-    (model / "config.json").write_text("{}")
-    result = run_cli("respond", str(records), "-o", str(tmp_path / "o.jsonl"), "--local-model", str(model),
-                     "--local-engine", "vllm", env=cli_env())
-    assert result.returncode == 2
-    assert result.stderr.strip() == f"error: --local-engine vllm needs vLLM (and an NVIDIA GPU): {local.INSTALL_VLLM}"
-    wrong = run_cli("respond", str(records), "-o", str(tmp_path / "o.jsonl"), "--local-model", str(model),
-                    "--local-engine", "ollama", env=cli_env())
-    assert wrong.returncode == 2 and "--local-engine must be one of llama.cpp, vllm" in wrong.stderr
+class FakeVllm(types.ModuleType):
+    """A stand-in for the `vllm` package with the shape of its offline API (`LLM(model, **engine_args)`,
+    `LLM.chat(conversations, sampling_params, use_tqdm=...)` returning RequestOutput-like objects,
+    `SamplingParams`), recording what our adapter asks of it. It answers each conversation with the words
+    of its last message, cut at `max_tokens` words, one token per word."""
+
+    def __init__(self) -> None:
+        super().__init__("vllm")
+        self.loaded: list[dict[str, object]] = []
+        self.batches: list[list[list[dict[str, str]]]] = []
+        self.params: list[dict[str, object]] = []
+        fake = self
+
+        class SamplingParams:
+            def __init__(self, **options: object) -> None:
+                self.options = options
+
+        class LLM:
+            def __init__(self, model: str, **engine_args: object) -> None:
+                fake.loaded.append({"model": model, **engine_args})
+
+            def chat(self, messages: list, sampling_params: list, use_tqdm: bool = True) -> list:
+                fake.batches.append(messages)
+                outputs = []
+                for conversation, params in zip(messages, sampling_params, strict=True):
+                    fake.params.append(params.options)
+                    prompt = " ".join(message["content"] for message in conversation).split()
+                    limit = params.options.get("max_tokens") or len(prompt)
+                    words = ["echo", *conversation[-1]["content"].split()]
+                    completion = types.SimpleNamespace(text=" ".join(words[:limit]),
+                                                       token_ids=list(range(min(limit, len(words)))),
+                                                       finish_reason="length" if len(words) > limit else "stop")
+                    outputs.append(types.SimpleNamespace(prompt_token_ids=list(range(len(prompt))),
+                                                         outputs=[completion]))
+                return outputs
+
+        self.LLM, self.SamplingParams = LLM, SamplingParams
+
+
+@pytest.fixture
+def fake_vllm(monkeypatch):
+    fake = FakeVllm()
+    monkeypatch.setitem(sys.modules, "vllm", fake)
+    yield fake
+    local.stop_all()
+
+
+def _cli(monkeypatch, *args: str) -> int:
+    """The CLI in this process, where the fake vLLM module is importable."""
+    monkeypatch.setattr(sys, "argv", ["distillery", *args])
+    for name in list(os.environ):
+        if name.startswith(("OPENAI_", "DISTILLERY_")):
+            monkeypatch.delenv(name)
+    with pytest.raises(SystemExit) as done:
+        cli.main()
+    return int(done.value.code or 0)
+
+
+def _hf_dir(path: Path) -> Path:
+    path.mkdir()
+    (path / "config.json").write_text('{"model_type": "llama"}')
+    (path / "model.safetensors").write_bytes(b"\0" * 64)
+    return path
+
+
+def test_vllm_engine_answers_caches_and_counts_through_the_client(fake_vllm, tmp_path, monkeypatch):
+    """Our adapter against vLLM's API shape: answers flow through the ordinary client, cache and summary."""
+    records, model, out = _alpaca(tmp_path / "in.jsonl", 5), _hf_dir(tmp_path / "tiny"), tmp_path / "out.jsonl"
+    args = ("respond", str(records), "-o", str(out), "--local-engine", "vllm", "--local-model", str(model),
+            "--max-tokens", "4", "--temperature", "0", "--local-ctx", "1024", "--local-parallel", "3")
+    assert _cli(monkeypatch, *args) == 0
+    assert fake_vllm.loaded == [{"model": str(model.resolve()), "max_model_len": 1024, "max_num_seqs": 3}]
+    assert sum(len(batch) for batch in fake_vllm.batches) == 5 and max(map(len, fake_vllm.batches)) <= 3
+    assert all(params == {"temperature": 0.0, "max_tokens": 4} for params in fake_vllm.params)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [row["output"] for row in rows] == [" ".join(["echo", *row["instruction"].split()][:4]) for row in rows]
+    summary = json.loads(Path(f"{out}.summary.json").read_text())
+    prompt_words = sum(len(row["instruction"].split()) for row in rows)
+    keys = ("sent", "cached", "failed", "prompt_tokens", "completion_tokens")
+    counts = {key: summary["requests"][key] for key in keys}
+    assert counts == {"sent": 5, "cached": 0, "failed": 0, "prompt_tokens": prompt_words, "completion_tokens": 20}
+    assert summary["model"].startswith("vllm/tiny:")
+
+    assert _cli(monkeypatch, *args) == 0
+    assert sum(len(batch) for batch in fake_vllm.batches) == 5  # the re-run sent nothing to the engine
+    again = json.loads(Path(f"{out}.summary.json").read_text())["requests"]
+    assert (again["sent"], again["cached"], again["cached_completion_tokens"]) == (0, 5, 20)
+
+
+def test_vllm_engine_without_vllm_names_the_install_command(tmp_path, monkeypatch, capsys):
+    records, model = _alpaca(tmp_path / "in.jsonl", 1), _hf_dir(tmp_path / "model")
+    monkeypatch.setitem(sys.modules, "vllm", None)  # what `import vllm` meets where it is not installed
+    out = tmp_path / "o.jsonl"
+    code = _cli(monkeypatch, "respond", str(records), "-o", str(out), "--local-model", str(model),
+                "--local-engine", "vllm")
+    assert code == 2 and not out.exists()
+    assert " ".join(capsys.readouterr().err.split()) == \
+        f"error: --local-engine vllm needs vLLM (and an NVIDIA GPU): {local.INSTALL_VLLM}"
+    assert _cli(monkeypatch, "respond", str(records), "-o", str(out), "--local-model", str(model),
+                "--local-engine", "ollama") == 2
+    assert "--local-engine must be one of llama.cpp, vllm" in capsys.readouterr().err
 
 
 def test_hugging_face_directory_identity_follows_its_weights(tmp_path):

@@ -188,6 +188,8 @@ def stop_all() -> None:
     with _lock:
         while _servers:
             _, (server, _) = _servers.popitem()
+            if isinstance(server, _VllmServer):
+                server.stop()
             del server
 
 
@@ -208,7 +210,8 @@ def _wait_ready(address: str) -> None:
 
 class _VllmServer:
     """vLLM's offline engine (`LLM.chat`) behind the one route distillery sends to, /v1/chat/completions,
-    on 127.0.0.1, so the client, cache, journal and resume are exactly those of every other endpoint.
+    on 127.0.0.1, so the client, cache, journal, budget and token accounting are exactly those of every
+    other endpoint.
 
     Requests that arrive while a batch runs are answered together in the next `LLM.chat` call (vLLM batches
     them on the GPU). The engine runs in this process (V1 multiprocessing off), the HTTP side is an aiohttp
@@ -225,7 +228,7 @@ class _VllmServer:
         except (OSError, ValueError, RuntimeError) as exc:
             raise UserError(f"vLLM could not load {model}: {' '.join(str(exc).split())[:300]}") from None
         self.parallel = parallel
-        self.pending: queue.Queue[tuple[dict[str, Any], asyncio.Future[dict[str, Any]]]] = queue.Queue()
+        self.pending: queue.Queue[tuple[dict[str, Any], asyncio.Future[dict[str, Any]]] | None] = queue.Queue()
         self.address = ""
         started = threading.Event()
         threading.Thread(target=self._serve_http, args=(started,), daemon=True).start()
@@ -233,6 +236,11 @@ class _VllmServer:
         started.wait()
         if not self.address:
             raise UserError("could not open a port on 127.0.0.1 for the vLLM engine")
+
+    def stop(self) -> None:
+        """End both threads; the engine (and its GPU memory) goes with the last reference to this object."""
+        self.pending.put(None)
+        self.loop.call_soon_threadsafe(self.loop.stop)
 
     def _serve_http(self, started: threading.Event) -> None:
         from aiohttp import web
@@ -252,6 +260,8 @@ class _VllmServer:
         self.loop.run_forever()
 
     async def _chat(self, request: Any) -> Any:
+        """A request vLLM refuses as invalid (a prompt longer than --local-ctx, say) is a 400, which the
+        client does not retry; anything else is a 500, which it retries like any server error."""
         from aiohttp import web
 
         body = await request.json()
@@ -259,31 +269,57 @@ class _VllmServer:
         self.pending.put((body, answer))
         try:
             return web.json_response(await answer)
+        except ValueError as exc:
+            return web.json_response({"error": {"message": str(exc)}}, status=400)
         except Exception as exc:  # the engine's own message, sent back as the server error it is
             return web.json_response({"error": {"message": str(exc)}}, status=500)
 
     def _answer_batches(self) -> None:
+        while True:
+            first = self.pending.get()
+            if first is None:
+                return
+            batch = [first]
+            while len(batch) < self.parallel and not self.pending.empty():
+                waiting = self.pending.get()
+                if waiting is None:
+                    return
+                batch.append(waiting)
+            self._answer(batch)
+
+    def _answer(self, batch: list[tuple[dict[str, Any], asyncio.Future[dict[str, Any]]]]) -> None:
+        """One `LLM.chat` call for the batch; where it fails, each request alone, so one bad request
+        (vLLM validates the batch as a whole) does not fail the others."""
         from vllm import SamplingParams
 
-        while True:
-            batch = [self.pending.get()]
-            while len(batch) < self.parallel and not self.pending.empty():
-                batch.append(self.pending.get())
-            try:
-                params = [SamplingParams(**_sampling(body)) for body, _ in batch]
-                outputs = self.engine.chat([body["messages"] for body, _ in batch], params, use_tqdm=False)
-            except Exception as exc:  # handed to every request of the batch, which the client reports and retries
-                for _, answer in batch:
-                    self.loop.call_soon_threadsafe(answer.set_exception, exc)
-                continue
-            for (_, answer), output in zip(batch, outputs, strict=True):
-                completion = output.outputs[0]
-                self.loop.call_soon_threadsafe(answer.set_result, {
-                    "choices": [{"index": 0, "finish_reason": completion.finish_reason,
-                                 "message": {"role": "assistant", "content": completion.text}}],
-                    "usage": {"prompt_tokens": len(output.prompt_token_ids or []),
-                              "completion_tokens": len(completion.token_ids)},
-                })
+        try:
+            params = [SamplingParams(**_sampling(body)) for body, _ in batch]
+            outputs = self.engine.chat([body["messages"] for body, _ in batch], params, use_tqdm=False)
+        except Exception as exc:  # handed to the request, which the client reports (and retries where it may)
+            if len(batch) > 1:
+                for single in batch:
+                    self._answer([single])
+            else:
+                self.loop.call_soon_threadsafe(_settle, batch[0][1], exc)
+            return
+        for (_, answer), output in zip(batch, outputs, strict=True):
+            completion = output.outputs[0]
+            self.loop.call_soon_threadsafe(_settle, answer, {
+                "choices": [{"index": 0, "finish_reason": completion.finish_reason,
+                             "message": {"role": "assistant", "content": completion.text}}],
+                "usage": {"prompt_tokens": len(output.prompt_token_ids or []),
+                          "completion_tokens": len(completion.token_ids)},
+            })
+
+
+def _settle(answer: asyncio.Future[dict[str, Any]], outcome: dict[str, Any] | BaseException) -> None:
+    """Hand the outcome to a request still waiting; one whose client hung up (a --timeout) is gone."""
+    if answer.done():
+        return
+    if isinstance(outcome, BaseException):
+        answer.set_exception(outcome)
+    else:
+        answer.set_result(outcome)
 
 
 def _sampling(body: dict[str, Any]) -> dict[str, Any]:

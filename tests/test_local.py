@@ -119,6 +119,8 @@ class FakeVllm(types.ModuleType):
 
             def chat(self, messages: list, sampling_params: list, use_tqdm: bool = True) -> list:
                 fake.batches.append(messages)
+                if any("TOO LONG" in conversation[-1]["content"] for conversation in messages):
+                    raise ValueError("The decoder prompt is longer than the maximum model length")
                 outputs = []
                 for conversation, params in zip(messages, sampling_params, strict=True):
                     fake.params.append(params.options)
@@ -183,6 +185,22 @@ def test_vllm_engine_answers_caches_and_counts_through_the_client(fake_vllm, tmp
     assert sum(len(batch) for batch in fake_vllm.batches) == 5  # the re-run sent nothing to the engine
     again = json.loads(Path(f"{out}.summary.json").read_text())["requests"]
     assert (again["sent"], again["cached"], again["cached_completion_tokens"]) == (0, 5, 20)
+
+
+def test_a_request_vllm_refuses_fails_alone_and_is_not_retried(fake_vllm, tmp_path, monkeypatch):
+    """vLLM validates a batch as a whole: one over-long prompt must not fail the requests batched with it."""
+    records, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    rows = [{"instruction": f"Say {word}."} for word in ("yes", "TOO LONG", "no", "maybe")]
+    records.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    code = _cli(monkeypatch, "respond", str(records), "-o", str(out), "--local-engine", "vllm",
+                "--local-model", str(_hf_dir(tmp_path / "tiny")), "--local-parallel", "4", "--max-tokens", "3")
+    assert code == 3
+    assert sorted(json.loads(line)["output"] for line in out.read_text().splitlines()) == \
+        ["echo Say maybe.", "echo Say no.", "echo Say yes."]
+    failed = [json.loads(line) for line in Path(f"{out}.failed.jsonl").read_text().splitlines()]
+    assert len(failed) == 1 and "HTTP 400" in json.dumps(failed[0]) and "maximum model length" in json.dumps(failed[0])
+    tries = sum(1 for batch in fake_vllm.batches for conversation in batch if "TOO LONG" in conversation[-1]["content"])
+    assert tries <= 2  # in its batch, then alone; never the client's retries
 
 
 def test_vllm_engine_without_vllm_names_the_install_command(tmp_path, monkeypatch, capsys):

@@ -353,7 +353,8 @@ def test_a_model_that_never_follows_the_format_stops_after_10_answers(fake_serve
 
 def test_a_model_that_mostly_ignores_the_format_stops_after_10_answers(fake_server, tmp_path):
     """One parseable answer among chatter used to disable the format probe, leaving only the 100-answer stall
-    rule: SmolLM2-135M, the demo teacher, ran for most of an hour on 2 cores before giving up."""
+    rule: SmolLM2-135M, the demo teacher, parsed 1 of its first 11 answers (10 minutes on 2 busy cores) and
+    went on towards 100 more."""
     task = ("Describe how a slow river bend shapes the daily life of a quiet harbor town.\n4. Input:\n<noinput>\n"
             "4. Output:\nThe bend slows the water, so boats moor safely and the market grows along the quay.")
     fake_server.script = lambda body, number: task if number == 3 else "Sure! Here are some ideas for you."

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # distillery's quick-start job. The offline part (the vicuna pipeline, dedup, convert, stats, report) always
 # runs; the part that calls a teacher model (the alpaca-gpt4 pipeline, self-instruct, evol) runs when an
-# endpoint is configured, and otherwise the alpaca-gpt4 pipeline runs on the embedded demo teacher if installed.
+# endpoint is configured, and otherwise the alpaca-gpt4 and wizardlm pipelines run on the embedded demo teacher
+# if it is installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=out/quickstart
@@ -33,7 +34,11 @@ elif python3 -c 'import importlib.metadata as m, xllamacpp; m.distribution("llm-
   echo "   A 135M model shows the machinery; real data needs a real teacher (see the README)."
   distillery run alpaca-gpt4 --input examples/alpaca_sample.json -o "$out/alpaca-gpt4-demo" \
     --local-model builtin:smollm2 --max-tokens 256
-  reports+=("$out/alpaca-gpt4-demo/dataset.jsonl")
+  echo "== run wizardlm: one round of Evol-Instruct over the sample on the demo teacher. It eliminates"
+  echo "   most or all of the 135M model's evolutions (the report says why), so the seeds are kept as round 0."
+  distillery run wizardlm --input examples/alpaca_sample.json -o "$out/wizardlm-demo" \
+    --local-model builtin:smollm2 --max-tokens 128 --set evol.rounds=1 --set evol.keep_original=true
+  reports+=("$out/alpaca-gpt4-demo/dataset.jsonl" "$out/wizardlm-demo/dataset.jsonl")
 else
   cat <<'MSG'
 == teacher steps skipped: no teacher model is configured.

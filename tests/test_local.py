@@ -11,13 +11,15 @@ import signal
 import socket
 import sqlite3
 import subprocess
+import sys
 import time
+import types
 from pathlib import Path
 
 import pytest
 from conftest import cli_env, cli_exe, run_cli
 
-from distillery import local
+from distillery import cli, local
 from distillery.endpoint import EndpointOptions
 from distillery.errors import UserError
 
@@ -92,6 +94,142 @@ def test_missing_engine_names_the_install_command(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip() == f"error: --local-model needs llama.cpp's Python server (xllamacpp): " \
         f"{local.INSTALL_ENGINE}"
+
+
+class FakeVllm(types.ModuleType):
+    """A stand-in for the `vllm` package with the shape of its offline API (`LLM(model, **engine_args)`,
+    `LLM.chat(conversations, sampling_params, use_tqdm=...)` returning RequestOutput-like objects,
+    `SamplingParams`), recording what our adapter asks of it. It answers each conversation with the words
+    of its last message, cut at `max_tokens` words, one token per word."""
+
+    def __init__(self) -> None:
+        super().__init__("vllm")
+        self.loaded: list[dict[str, object]] = []
+        self.batches: list[list[list[dict[str, str]]]] = []
+        self.params: list[dict[str, object]] = []
+        fake = self
+
+        class SamplingParams:
+            def __init__(self, **options: object) -> None:
+                self.options = options
+
+        class LLM:
+            def __init__(self, model: str, **engine_args: object) -> None:
+                fake.loaded.append({"model": model, **engine_args})
+
+            def chat(self, messages: list, sampling_params: list, use_tqdm: bool = True) -> list:
+                fake.batches.append(messages)
+                if any("TOO LONG" in conversation[-1]["content"] for conversation in messages):
+                    raise ValueError("The decoder prompt is longer than the maximum model length")
+                outputs = []
+                for conversation, params in zip(messages, sampling_params, strict=True):
+                    fake.params.append(params.options)
+                    prompt = " ".join(message["content"] for message in conversation).split()
+                    limit = params.options.get("max_tokens") or len(prompt)
+                    words = ["echo", *conversation[-1]["content"].split()]
+                    completion = types.SimpleNamespace(text=" ".join(words[:limit]),
+                                                       token_ids=list(range(min(limit, len(words)))),
+                                                       finish_reason="length" if len(words) > limit else "stop")
+                    outputs.append(types.SimpleNamespace(prompt_token_ids=list(range(len(prompt))),
+                                                         outputs=[completion]))
+                return outputs
+
+        self.LLM, self.SamplingParams = LLM, SamplingParams
+
+
+@pytest.fixture
+def fake_vllm(monkeypatch):
+    fake = FakeVllm()
+    monkeypatch.setitem(sys.modules, "vllm", fake)
+    yield fake
+    local.stop_all()
+
+
+def _cli(monkeypatch, *args: str) -> int:
+    """The CLI in this process, where the fake vLLM module is importable."""
+    monkeypatch.setattr(sys, "argv", ["distillery", *args])
+    for name in list(os.environ):
+        if name.startswith(("OPENAI_", "DISTILLERY_")):
+            monkeypatch.delenv(name)
+    with pytest.raises(SystemExit) as done:
+        cli.main()
+    return int(done.value.code or 0)
+
+
+def _hf_dir(path: Path) -> Path:
+    path.mkdir()
+    (path / "config.json").write_text('{"model_type": "llama"}')
+    (path / "model.safetensors").write_bytes(b"\0" * 64)
+    return path
+
+
+def test_vllm_engine_answers_caches_and_counts_through_the_client(fake_vllm, tmp_path, monkeypatch):
+    """Our adapter against vLLM's API shape: answers flow through the ordinary client, cache and summary."""
+    records, model, out = _alpaca(tmp_path / "in.jsonl", 5), _hf_dir(tmp_path / "tiny"), tmp_path / "out.jsonl"
+    args = ("respond", str(records), "-o", str(out), "--local-engine", "vllm", "--local-model", str(model),
+            "--max-tokens", "4", "--temperature", "0", "--local-ctx", "1024", "--local-parallel", "3")
+    assert _cli(monkeypatch, *args) == 0
+    assert fake_vllm.loaded == [{"model": str(model.resolve()), "max_model_len": 1024, "max_num_seqs": 3}]
+    assert sum(len(batch) for batch in fake_vllm.batches) == 5 and max(map(len, fake_vllm.batches)) <= 3
+    assert all(params == {"temperature": 0.0, "max_tokens": 4} for params in fake_vllm.params)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [row["output"] for row in rows] == [" ".join(["echo", *row["instruction"].split()][:4]) for row in rows]
+    summary = json.loads(Path(f"{out}.summary.json").read_text())
+    prompt_words = sum(len(row["instruction"].split()) for row in rows)
+    keys = ("sent", "cached", "failed", "prompt_tokens", "completion_tokens")
+    counts = {key: summary["requests"][key] for key in keys}
+    assert counts == {"sent": 5, "cached": 0, "failed": 0, "prompt_tokens": prompt_words, "completion_tokens": 20}
+    assert summary["model"].startswith("vllm/tiny:")
+
+    assert _cli(monkeypatch, *args) == 0
+    assert sum(len(batch) for batch in fake_vllm.batches) == 5  # the re-run sent nothing to the engine
+    again = json.loads(Path(f"{out}.summary.json").read_text())["requests"]
+    assert (again["sent"], again["cached"], again["cached_completion_tokens"]) == (0, 5, 20)
+
+
+def test_a_request_vllm_refuses_fails_alone_and_is_not_retried(fake_vllm, tmp_path, monkeypatch):
+    """vLLM validates a batch as a whole: one over-long prompt must not fail the requests batched with it."""
+    records, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    rows = [{"instruction": f"Say {word}."} for word in ("yes", "TOO LONG", "no", "maybe")]
+    records.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    code = _cli(monkeypatch, "respond", str(records), "-o", str(out), "--local-engine", "vllm",
+                "--local-model", str(_hf_dir(tmp_path / "tiny")), "--local-parallel", "4", "--max-tokens", "3")
+    assert code == 3
+    assert sorted(json.loads(line)["output"] for line in out.read_text().splitlines()) == \
+        ["echo Say maybe.", "echo Say no.", "echo Say yes."]
+    failed = [json.loads(line) for line in Path(f"{out}.failed.jsonl").read_text().splitlines()]
+    assert len(failed) == 1 and "HTTP 400" in json.dumps(failed[0]) and "maximum model length" in json.dumps(failed[0])
+    tries = sum(1 for batch in fake_vllm.batches for conversation in batch if "TOO LONG" in conversation[-1]["content"])
+    assert tries <= 2  # in its batch, then alone; never the client's retries
+
+
+def test_vllm_engine_without_vllm_names_the_install_command(tmp_path, monkeypatch, capsys):
+    records, model = _alpaca(tmp_path / "in.jsonl", 1), _hf_dir(tmp_path / "model")
+    monkeypatch.setitem(sys.modules, "vllm", None)  # what `import vllm` meets where it is not installed
+    out = tmp_path / "o.jsonl"
+    code = _cli(monkeypatch, "respond", str(records), "-o", str(out), "--local-model", str(model),
+                "--local-engine", "vllm")
+    assert code == 2 and not out.exists()
+    assert " ".join(capsys.readouterr().err.split()) == \
+        f"error: --local-engine vllm needs vLLM (and an NVIDIA GPU): {local.INSTALL_VLLM}"
+    assert _cli(monkeypatch, "respond", str(records), "-o", str(out), "--local-model", str(model),
+                "--local-engine", "ollama") == 2
+    assert "--local-engine must be one of llama.cpp, vllm" in capsys.readouterr().err
+
+
+def test_hugging_face_directory_identity_follows_its_weights(tmp_path):
+    model = tmp_path / "tiny"
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "llama"}')
+    (model / "model.safetensors").write_bytes(b"\0" * 100)
+    loads, before = local.hf_model(str(model))
+    assert loads == str(model.resolve()) and before.startswith("vllm/tiny:")
+    (model / "model.safetensors").write_bytes(b"\0" * 101)
+    assert local.hf_model(str(model))[1] != before
+    hub = "Qwen/Qwen2.5-0.5B-Instruct"
+    assert local.hf_model(hub) == (hub, f"vllm/{hub}")
+    with pytest.raises(UserError, match="not .*m.gguf"):
+        local.hf_model(str(tmp_path / "m.gguf"))
 
 
 def test_missing_builtin_names_the_install_command(monkeypatch):
@@ -186,3 +324,30 @@ def test_kill_9_leaves_no_server_and_the_rerun_resends_nothing_answered(tmp_path
     assert requests["cached"] == answered_before
     assert requests["sent"] == 24 - answered_before
     assert len(out.read_text().splitlines()) == 24
+
+
+def _vllm_ready() -> str | None:
+    """Why the vLLM test cannot run here, or None where it can."""
+    if importlib.util.find_spec("vllm") is None:
+        return f"vLLM is not installed ({local.INSTALL_VLLM})"
+    import torch
+
+    if not torch.cuda.is_available():
+        return "vLLM needs an NVIDIA GPU and none is visible"
+    if not os.environ.get("DISTILLERY_VLLM_MODEL"):
+        return "set DISTILLERY_VLLM_MODEL to a small Hugging Face model directory (nothing is downloaded by tests)"
+    return None
+
+
+@pytest.mark.skipif(_vllm_ready() is not None, reason=str(_vllm_ready()))
+def test_vllm_engine_answers_resumes_and_caches_under_its_identity(tmp_path):
+    from distillery.respond import RespondOptions, respond
+
+    endpoint = EndpointOptions(local_model=os.environ["DISTILLERY_VLLM_MODEL"], local_engine="vllm", max_tokens=16,
+                               temperature=0.0, local_ctx=2048, local_parallel=8)
+    options = RespondOptions(_alpaca(tmp_path / "in.jsonl", 6), tmp_path / "out.jsonl", endpoint)
+    first = respond(options, progress=False)
+    assert first.exit_code == 0 and first.written == 6 and first.stats.sent == 6
+    again = respond(options, progress=False)
+    assert again.stats.sent == 0 and again.stats.cached == 6
+    assert json.loads((tmp_path / "out.jsonl.summary.json").read_text())["model"].startswith("vllm/")

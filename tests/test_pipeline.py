@@ -297,6 +297,27 @@ def test_a_run_whose_records_are_all_dropped_finishes_empty(tmp_path):
     assert result.summary.stages[2].notes == {"nothing_to_do": 1}
 
 
+def test_an_emptied_run_says_so_and_leaves_no_export_or_report_of_an_earlier_one(tmp_path):
+    """A teacher whose every evolution is eliminated (the 135M demo teacher) empties the dataset: the run
+    ends, exit 0, with one line saying why, and the data file, registry entry and report of an earlier run
+    into the same directory are gone rather than passing for this run's result."""
+    instructions(tmp_path / "in.jsonl", 4)
+    (tmp_path / "other.jsonl").write_text(json.dumps({"instruction": "Name a planet.", "output": "Mars"}) + "\n")
+    run = tmp_path / "run"
+    pipeline = tmp_path / "p.yaml"
+    steps = "steps:\n  - read\n  - dedup:\n      against: [{}]\n  - export:\n      format: alpaca\n  - report\n"
+    pipeline.write_text(steps.format(tmp_path / "other.jsonl"))
+    first = run_cli("run", str(pipeline), "-i", str(tmp_path / "in.jsonl"), "-o", str(run), *NO_LANG)
+    assert first.returncode == 0, first.stderr
+    assert (run / "data" / "dataset.json").is_file() and (run / "report.html").is_file()
+    pipeline.write_text(steps.format(tmp_path / "in.jsonl"))
+    emptied = run_cli("run", str(pipeline), "-i", str(tmp_path / "in.jsonl"), "-o", str(run), *NO_LANG)
+    assert emptied.returncode == 0, emptied.stderr
+    assert " ".join(emptied.stderr.split()).startswith("the dataset is empty: every record was dropped (dedup: ")
+    assert not (run / "data" / "dataset.json").exists() and not (run / "report.html").exists()
+    assert json.loads((run / "data" / "dataset_info.json").read_text()) == {}
+
+
 @pytest.mark.parametrize(("command", "step", "command_only", "step_only"), [
     ("clean", "clean", {"input", "output", "rejected", "workers", "chunk_size"}, set()),
     ("dedup", "dedup", {"input", "output", "rejected"}, {"num_perm", "against_seeds"}),

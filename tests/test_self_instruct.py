@@ -351,6 +351,19 @@ def test_a_model_that_never_follows_the_format_stops_after_10_answers(fake_serve
     assert summary["parse_failures"] == summary["responses"] == 10 == summary["rejected"]["unparseable"]
 
 
+def test_a_model_that_mostly_ignores_the_format_stops_after_10_answers(fake_server, tmp_path):
+    """One parseable answer among chatter used to disable the format probe, leaving only the 100-answer stall
+    rule: SmolLM2-135M, the demo teacher, parsed 1 of its first 11 answers (10 minutes on 2 busy cores) and
+    went on towards 100 more."""
+    task = ("Describe how a slow river bend shapes the daily life of a quiet harbor town.\n4. Input:\n<noinput>\n"
+            "4. Output:\nThe bend slows the water, so boats moor safely and the market grows along the quay.")
+    fake_server.script = lambda body, number: task if number == 3 else "Sure! Here are some ideas for you."
+    out = tmp_path / "tasks.json"
+    done = run_cli("self-instruct", "-o", str(out), "--num", "5", "--concurrency", "1", env=cli_env(fake_server))
+    assert done.returncode == 3 and "only 1 of the first 10 answers could be parsed" in " ".join(done.stderr.split())
+    assert len(fake_server.requests) == 10 and len(read_output(out)) == 1
+
+
 def test_answers_that_parse_but_give_nothing_new_stop_after_100(fake_server, tmp_path):
     seed = load_seeds("builtin:en")[0]
     block = f"{seed['instruction']}\n4. Input:\n{seed['input'] or '<noinput>'}\n4. Output:\n{seed['output']}"

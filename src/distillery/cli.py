@@ -95,11 +95,13 @@ _ENDPOINT_FLAGS: dict[str, tuple[type, str, str]] = {
     "max_cost": (float, "--max-cost", "Stop cleanly once this many USD are spent; re-run to continue."),
     "fresh": (bool, "--fresh", "Forget earlier state (cache and journal) for this output and start over."),
     "local_model": (str, "--local-model", "Serve this GGUF file (or builtin:smollm2, the demo teacher) in-process "
-                    "with llama.cpp instead of calling an endpoint; needs distillery[local]."),
+                    "with llama.cpp instead of calling an endpoint; needs distillery\\[local]."),
     "local_threads": (int, "--local-threads", "CPU threads for --local-model \\[default: 1 on up to 4 cores, "
                       "else half the cores]."),
     "local_ctx": (int, "--local-ctx", "Context tokens per request for --local-model."),
     "local_parallel": (int, "--local-parallel", "Requests --local-model decodes at once (continuous batching)."),
+    "local_engine": (str, "--local-engine", "llama.cpp (a GGUF file, CPU or GPU) or vllm (a Hugging Face model "
+                     "directory or name, NVIDIA GPU; needs distillery\\[vllm])."),
 }
 
 
@@ -813,6 +815,12 @@ def run_pipeline(
                       f"{stage.sent} / {stage.cached} / {stage.failed}", f"{stage.cost_usd:.4f}",
                       f"{stage.seconds:.1f}")
     out_console.print(table)
+    if not result.records and not result.stopped:
+        drops = "; ".join(f"{stage.stage}: " + ", ".join(f"{reason} {n:,}" for reason, n in stage.dropped.items())
+                          for stage in result.summary.stages if stage.dropped)
+        err_console.print(f"the dataset is empty: every record was dropped ({drops or 'no record was read'}), so "
+                          f"nothing was exported or reported; each record's reason is in {run_dir / 'rejected.jsonl'}",
+                          highlight=False)
     if result.incomplete:
         err_console.print("some requests failed after retries (see rejected.jsonl, reason request_failed); "
                           "run the same command again to retry them")

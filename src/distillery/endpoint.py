@@ -40,6 +40,7 @@ class EndpointOptions:
     local_threads: int | None = None
     local_ctx: int = 4096
     local_parallel: int = 4
+    local_engine: str = "llama.cpp"
 
     def resolve(self) -> EndpointOptions:
         """Fill model and URL from the environment and reject impossible settings with a clear message."""
@@ -65,21 +66,26 @@ class EndpointOptions:
 
         if self.base_url:
             raise UserError("--base-url and --local-model both name a teacher: pass one of them")
-        path = local.model_path(self.local_model or "")
-        identity = local.model_identity(path)
+        if self.local_engine not in local.ENGINES:
+            raise UserError(f"--local-engine must be one of {', '.join(local.ENGINES)}, not {self.local_engine!r}")
+        if self.local_engine == "vllm":
+            loads, identity = local.hf_model(self.local_model or "")
+        else:
+            path = local.model_path(self.local_model or "")
+            loads, identity = str(path), local.model_identity(path)
         if self.model and self.model != identity:
             raise UserError(
-                f"--local-model serves {path.name} only, so another model name ({self.model!r}, from --model or "
-                "--answer-model) cannot be used with it"
+                f"--local-model serves {Path(loads).name} only, so another model name ({self.model!r}, from --model "
+                "or --answer-model) cannot be used with it"
             )
         for name in ("local_ctx", "local_parallel", "local_threads"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1")
         self._check_limits()
-        local.require_engine()
+        local.require_engine(self.local_engine)
         concurrency = min(self.concurrency, self.local_parallel)
-        return replace(self, model=identity, local_model=str(path), concurrency=concurrency)
+        return replace(self, model=identity, local_model=loads, concurrency=concurrency)
 
     def local_server(self) -> str:
         """The base URL of the in-process server for a resolved local model, started on first use."""
@@ -90,6 +96,7 @@ class EndpointOptions:
             self.local_threads or local.default_threads(),
             self.local_ctx,
             self.local_parallel,
+            self.local_engine,
         )
         return local.serve(settings)
 

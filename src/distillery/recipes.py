@@ -17,7 +17,7 @@ from distillery.decontaminate import Decontaminate
 from distillery.errors import InputError, UserError
 from distillery.evol import Evol
 from distillery.executor import stored_records
-from distillery.io import iter_located, write_records
+from distillery.io import iter_located, write_json, write_records
 from distillery.llm import ChatRequest
 from distillery.llm_step import LLMSource
 from distillery.respond import Respond
@@ -194,11 +194,17 @@ class FileStep(GlobalStep):
             raise UserError(f"step {self.name!r} needs records before it: put a `read` step first")
         if not self.stats.seen:  # every record was dropped upstream: nothing to clean, export or describe
             self.stats.notes["nothing_to_do"] += 1
+            self.discard_outputs(self.context.run_dir)
             return
         yield from self.run_file(self.context.upstream, self.context.step_dir)
 
     def run_file(self, upstream: Path, folder: Path) -> Iterator[Record]:
         raise NotImplementedError
+
+    def discard_outputs(self, run_dir: Path) -> None:
+        """Remove what this step left in the run directory on an earlier run, so that an export or a
+        report of other records never passes for this run's (empty) result; steps that write only into
+        their own folder have nothing to remove."""
 
 
 @dataclass
@@ -378,6 +384,16 @@ class Export(FileStep):
             self.stats.notes["trained_tokens"] += result.trained_tokens
         yield from stored_records(upstream)
 
+    def discard_outputs(self, run_dir: Path) -> None:
+        from distillery.convert import DATASET_INFO, read_dataset_info
+
+        data, name = run_dir / "data", self.options.name
+        for path in (data / f"{name}.json", run_dir / f"{name}.tokenized.parquet"):
+            path.unlink(missing_ok=True)
+        info = read_dataset_info(data)
+        if info.pop(name, None) is not None:
+            write_json(data / DATASET_INFO, info)
+
 
 # --- stats and report --------------------------------------------------------------------------------------
 
@@ -430,6 +446,9 @@ class Report(FileStep):
             rejected=[rejected] if rejected.stat().st_size else [], summaries=[run / "summary.json"],
             title=o.title, seed=o.seed, lang_detector=o.lang_detector))
         yield from stored_records(upstream)
+
+    def discard_outputs(self, run_dir: Path) -> None:
+        (run_dir / "report.html").unlink(missing_ok=True)
 
 
 STEPS: dict[str, type] = {

@@ -70,7 +70,8 @@ LENGTH_DEFAULTS = {"words": (4, 150), "characters": (6, 300)}  # Alpaca drops <=
 _SHORT_LETTERS = 20
 _STALL_LIMIT = 100  # answers in a row without one accepted record: the run cannot progress
 _MIN_FAILURE_LIMIT = 10
-_FORMAT_PROBE = 10  # this many answers, none parseable and nothing accepted: the model ignores the format
+_FORMAT_PROBE = 10  # from this many answers on, a model whose answers mostly parse to nothing ignores the format
+_FORMAT_SHARE = 5  # ... "mostly": fewer than one answer in this many gave a task (SmolLM2-135M: 1 in 11)
 _TOP_SIMILAR = 10
 _TEMPLATES = resources.files("distillery") / "data" / "templates"
 _SEEDS = resources.files("distillery") / "data" / "seeds"
@@ -677,7 +678,7 @@ class _Run:
         self.failures_in_a_row = 0
         self.failed: list[Record] = []
         self.answered = False
-        self.parsed_any = any(entry["parsed"] for entry in processed)
+        self.parsed_answers = sum(1 for entry in processed if entry["parsed"])
         self.failure_limit = max(_MIN_FAILURE_LIMIT, 2 * concurrency)
         self.dry_in_a_row = 0
         for entry in reversed(processed):  # the stall count goes on where the last run left it
@@ -782,8 +783,9 @@ class _Run:
         self.failures_in_a_row = 0
         added = self.process(number, outcome)
         self.dry_in_a_row = 0 if added else self.dry_in_a_row + 1
-        if not (self.parsed_any or self.accepted or self.finished) and self.answers >= _FORMAT_PROBE:
-            self.stopped = (f"none of the first {self.answers} answers could be parsed: the model does not follow "
+        if self.answers >= _FORMAT_PROBE and self.parsed_answers * _FORMAT_SHARE < self.answers and not self.finished:
+            parsed = f"only {self.parsed_answers}" if self.parsed_answers else "none"
+            self.stopped = (f"{parsed} of the first {self.answers} answers could be parsed: the model does not follow "
                             f"the numbered {self.options.labels.instruction} / {self.options.labels.input} / "
                             f"{self.options.labels.output} format (see the rejected file for what it wrote)")
             return
@@ -823,7 +825,7 @@ class _Run:
                 "unused": len(tasks) - accepted - filtered, "parse_failures": len(parsed.failures),
             })
         self.answers += 1
-        self.parsed_any = self.parsed_any or bool(tasks)
+        self.parsed_answers += bool(tasks)
         if self.progress is not None:
             self.progress.advance(accepted)
         return accepted

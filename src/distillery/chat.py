@@ -166,8 +166,9 @@ def cleaned_user_turn(text: str) -> str:
     the whole message, and an "Assistant:" turn it went on to write itself."""
     text = _NEXT_SPEAKER.split(text, maxsplit=1)[0].strip()
     text = _LABEL.sub("", text, count=1).strip()
-    if len(text) >= 2 and _QUOTES.get(text[0]) == text[-1] and text.count(text[0]) + text.count(text[-1]) == 2:
-        text = text[1:-1].strip()
+    inner = text[1:-1]
+    if len(text) >= 2 and _QUOTES.get(text[0]) == text[-1] and text[0] not in inner and text[-1] not in inner:
+        text = inner.strip()
     return text
 
 

@@ -34,7 +34,6 @@ from typing import Any
 from distillery.cache import prepare_state, state_path
 from distillery.chat_options import ChatSettings
 from distillery.cost import RunStats
-from distillery.dedup import rouge_l, tokenize
 from distillery.errors import InputError, UserError
 from distillery.io import file_format, iter_located, read_text, sidecar, write_json, write_records
 from distillery.llm import ChatRequest, ChatResult, EndpointOptions, exit_status
@@ -183,6 +182,8 @@ def breaks_character(text: str) -> str | None:
 def repeats(text: str, earlier: list[str], threshold: float) -> tuple[float, str] | None:
     """(score, earlier turn) when `text` repeats an earlier turn of its role: equal after folding case and
     spaces, or ROUGE-L above `threshold`."""
+    from distillery.dedup import rouge_l, tokenize  # numpy and rapidfuzz: loaded when a turn is first checked
+
     folded = " ".join(text.lower().split())
     tokens = tokenize(text)
     for before in earlier:

@@ -52,6 +52,11 @@ def echo_script(body: dict[str, Any], number: int) -> Reply:
     return Reply(text="ANSWER: " + body["messages"][-1]["content"])
 
 
+def completion_echo(body: dict[str, Any], number: int) -> Reply:
+    """Raw completions answer with the end of their prompt, so a test can tell which prompt was completed."""
+    return Reply(text="COMPLETION of: " + body["prompt"][-40:])
+
+
 def user_text(body: dict[str, Any]) -> str:
     return body["messages"][-1]["content"]
 
@@ -60,6 +65,8 @@ class FakeOpenAI:
     def __init__(self, script: Script = echo_script, latency: float = 0.0):
         self.script = script
         self.latency = latency
+        self.completion_script: Script = completion_echo  # raw `/completions` requests (Magpie)
+        self.completions: list[dict[str, Any]] = []  # their bodies, apart from the chat requests
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
         self.answered: Counter[str] = Counter()
@@ -79,6 +86,9 @@ class FakeOpenAI:
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", 0))
                 body = json.loads(self.rfile.read(length))
+                if self.path.endswith("/completions") and not self.path.endswith("/chat/completions"):
+                    self._complete(body)
+                    return
                 with server.lock:
                     server.requests.append(body)
                     server.headers.append(dict(self.headers))
@@ -128,6 +138,25 @@ class FakeOpenAI:
                 self._send(200, data, reply.headers, reply.trickle)
                 with server.lock:
                     server.answered[user_text(body)] += 1
+
+            def _complete(self, body: dict[str, Any]) -> None:
+                """A raw text completion: `choices[0].text`, shaped by `completion_script`."""
+                with server.lock:
+                    server.completions.append(body)
+                    number = len(server.completions)
+                reply = server.completion_script(body, number)
+                if isinstance(reply, str):
+                    reply = Reply(text=reply)
+                time.sleep(server.latency + reply.delay)
+                if reply.status != 200:
+                    payload = json.dumps({"error": {"message": reply.error or f"scripted {reply.status}"}})
+                    self._send(reply.status, payload.encode(), reply.headers)
+                    return
+                usage = {"prompt_tokens": len(body["prompt"].split()), "completion_tokens": len(reply.text.split())}
+                payload = {"id": f"cmpl-{number}", "object": "text_completion", "model": body.get("model", "fake"),
+                           "choices": [{"index": 0, "text": reply.text, "finish_reason": reply.finish_reason}],
+                           "usage": {**usage, "total_tokens": sum(usage.values())}}
+                self._send(200, json.dumps(payload).encode(), reply.headers)
 
             def _send(self, status: int, data: bytes, headers: dict[str, str], trickle: float = 0.0) -> None:
                 self.send_response(status)

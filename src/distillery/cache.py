@@ -54,14 +54,19 @@ _MIGRATIONS = [
 ]
 
 
-def canonical_request(model: str, messages: list[dict[str, Any]], params: dict[str, Any], sample: int) -> str:
-    """The exact identity of a request; parameters left unset are omitted so defaults don't split keys."""
+def canonical_request(
+    model: str, messages: list[dict[str, Any]], params: dict[str, Any], sample: int, prompt: str | None = None
+) -> str:
+    """The exact identity of a request; parameters left unset are omitted so defaults don't split keys. A raw
+    completion (`prompt`, for Magpie) carries its prompt, so it never shares a key with a chat request."""
     body = {
         "model": model,
         "messages": messages,
         "params": {name: value for name, value in sorted(params.items()) if value is not None},
         "sample": sample,
     }
+    if prompt is not None:
+        body["prompt"] = prompt
     return json.dumps(body, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
 
 

@@ -19,6 +19,7 @@ import typer.core
 from rich.table import Table
 from rich.text import Text
 
+from distillery.chat_options import ChatSettings, MagpieSettings
 from distillery.cost import RunStats
 from distillery.endpoint import EndpointOptions
 from distillery.errors import INTERRUPTED, UserError
@@ -73,7 +74,7 @@ app = typer.Typer(
 )
 err_console = plain_console(stderr=True)
 out_console = plain_console()
-_LLM_COMMANDS = ("respond", "self-instruct", "evol", "run")
+_LLM_COMMANDS = ("respond", "self-instruct", "evol", "chat", "magpie", "run")
 
 
 _ENDPOINT_PANEL = "Endpoint (any OpenAI-compatible server)"
@@ -561,6 +562,92 @@ def evol(
              ("summary", result.summary_path)]
     print_run_summary(f"evol → {output}", rows, result.stats)
     _finish(result, output, "evolution")
+
+
+_CHAT = ChatSettings()
+_MAGPIE = MagpieSettings()
+
+
+def _help(settings: type, name: str) -> str:
+    """A flag's help, from the one place a recipe's options are defined."""
+    return next(f.metadata["help"] for f in dataclasses.fields(settings) if f.name == name)
+
+
+@app.command()
+@endpoint_command()
+def chat(
+    seeds: Annotated[str, typer.Argument(
+        help="Seeds, one conversation each: a JSON/JSONL file of topics ({\"topic\": ...}), questions "
+             "({\"question\": ...}) or Alpaca records (the first turn), or builtin:topics-en / builtin:topics-zh.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Where to write ShareGPT conversations "
+                                                                "(.json/.jsonl/.parquet).")],
+    turns: Annotated[str, typer.Option(help=_help(ChatSettings, "turns"))] = _CHAT.turns,
+    min_turns: Annotated[int, typer.Option(help=_help(ChatSettings, "min_turns"))] = _CHAT.min_turns,
+    lang: Annotated[str, typer.Option(help=_help(ChatSettings, "lang"))] = _CHAT.lang,
+    system: Annotated[str | None, typer.Option(help=_help(ChatSettings, "system"))] = None,
+    user_model: Annotated[str | None, typer.Option(help=_help(ChatSettings, "user_model"))] = None,
+    user_temperature: Annotated[float | None, typer.Option(help=_help(ChatSettings, "user_temperature"))] = None,
+    user_prompt: Annotated[Path | None, typer.Option(help=_help(ChatSettings, "user_prompt"))] = None,
+    opening_prompt: Annotated[Path | None, typer.Option(help=_help(ChatSettings, "opening_prompt"))] = None,
+    repeat_threshold: Annotated[float, typer.Option(help=_help(ChatSettings, "repeat_threshold"))] = \
+        _CHAT.repeat_threshold,
+    endpoint: EndpointOptions | None = None,
+) -> None:
+    """Multi-turn conversations (UltraChat, Baize): a user simulator asks, the teacher answers, round by round.
+
+    A turn that breaks character, repeats an earlier one or comes back empty or cut off ends its conversation
+    at the last good round; it goes to OUTPUT.rejected.jsonl with its reason. Interrupted (kill -9 too)? Run
+    the same command again: each conversation resumes at its last completed round, re-sending nothing answered.
+    """
+    check_paths([None if seeds.startswith("builtin:") else seeds, user_prompt, opening_prompt], [output])
+    from distillery.chat import ChatOptions
+    from distillery.chat import chat as run_chat
+
+    result = run_chat(ChatOptions(
+        seeds=seeds, output=output, endpoint=endpoint or EndpointOptions(), turns=turns, min_turns=min_turns,
+        lang=lang, system=system, user_model=user_model, user_temperature=user_temperature,
+        user_prompt=str(user_prompt) if user_prompt else None,
+        opening_prompt=str(opening_prompt) if opening_prompt else None, repeat_threshold=repeat_threshold,
+    ))
+    rows: list[tuple[str, object]] = [("conversations written", result.written)]
+    rows += [(f"with {rounds} round(s)", count) for rounds, count in result.rounds.items()]
+    rows += [(f"ended early: {reason}", count) for reason, count in result.ended.items()]
+    rows += [("rejected (bad turns, short conversations)", result.rejected), ("failed", result.failed),
+             ("replayed rounds", result.replayed), ("summary", result.summary_path)]
+    print_run_summary(f"chat → {output}", rows, result.stats)
+    _finish(result, output, "conversation")
+
+
+@app.command()
+@endpoint_command()
+def magpie(
+    output: Annotated[Path, typer.Option("-o", "--output", help="Where to write ShareGPT conversations "
+                                                                "(.json/.jsonl/.parquet).")],
+    num: Annotated[int, typer.Option(help=_help(MagpieSettings, "num"))] = _MAGPIE.num,
+    turns: Annotated[str, typer.Option(help=_help(MagpieSettings, "turns"))] = _MAGPIE.turns,
+    template_family: Annotated[str | None, typer.Option(help=_help(MagpieSettings, "template_family"))] = None,
+    system: Annotated[str | None, typer.Option(help=_help(MagpieSettings, "system"))] = None,
+    instruction_tokens: Annotated[int, typer.Option(help=_help(MagpieSettings, "instruction_tokens"))] = \
+        _MAGPIE.instruction_tokens,
+    endpoint: EndpointOptions | None = None,
+) -> None:
+    """Magpie: the model writes the user's query itself from its chat template's user prefix, then answers it.
+
+    Needs an endpoint that completes raw prompts (vLLM, llama.cpp, --local-model); hosted chat-only APIs are
+    refused. Queries are sampled at temperature 1.0; answers use --temperature (default 0, as Magpie does).
+    """
+    check_paths([], [output])
+    from distillery.magpie import MagpieOptions
+    from distillery.magpie import magpie as run_magpie
+
+    result = run_magpie(MagpieOptions(
+        output=output, endpoint=endpoint or EndpointOptions(), num=num, turns=turns,
+        template_family=template_family, system=system, instruction_tokens=instruction_tokens,
+    ))
+    print_run_summary(f"magpie → {output} ({result.family} template)", [
+        ("conversations written", result.written), ("rejected", result.rejected), ("failed", result.failed),
+        ("summary", result.summary_path)], result.stats)
+    _finish(result, output, "conversation")
 
 
 @app.command()

@@ -92,11 +92,14 @@ def exit_status(incomplete: bool, budget_stopped: bool) -> int:
 
 @dataclass(frozen=True)
 class ChatRequest:
-    """One conversation to complete; `sample` keeps several samples of the same prompt distinct."""
+    """One conversation to complete; `sample` keeps several samples of the same prompt distinct. With
+    `prompt`, a raw text completion instead (`/completions`, the model's chat template written by the
+    caller, as Magpie needs); `messages` is then unused."""
 
     messages: list[dict[str, str]]
     sample: int = 0
     params: dict[str, Any] = field(default_factory=dict)
+    prompt: str | None = None
 
 
 @dataclass
@@ -264,7 +267,7 @@ class LLM:
         """The cached answer if there is one, else one sent request (with retries); identical concurrent
         requests share a single send."""
         params = {**self.options.generation_params(), **request.params}
-        canonical = canonical_request(self.options.model, request.messages, params, request.sample)
+        canonical = canonical_request(self.options.model, request.messages, params, request.sample, request.prompt)
         key = request_key(canonical)
         hit = self.cache.get(key)
         if hit is not None:
@@ -277,7 +280,7 @@ class LLM:
         future: asyncio.Future[ChatResult] = asyncio.get_running_loop().create_future()
         self._in_flight[key] = future
         try:
-            result = await self._send(request.messages, params)
+            result = await self._send(request.messages, params, request.prompt)
             if result.ok:
                 self.cache.put(
                     key,
@@ -298,12 +301,14 @@ class LLM:
         finally:
             del self._in_flight[key]
 
-    async def _send(self, messages: list[dict[str, str]], params: dict[str, Any]) -> ChatResult:
+    async def _send(self, messages: list[dict[str, str]], params: dict[str, Any], prompt: str | None) -> ChatResult:
         sendable = {name: value for name, value in params.items() if value is not None}
+        if prompt is not None:  # priced and counted as one user message of the raw text
+            messages = [{"role": "user", "content": prompt}]
         async with self._slots:
             expected = await self._reserve(messages, sendable)
             try:
-                return await self._attempts(messages, sendable)
+                return await self._attempts(messages, sendable, prompt)
             finally:
                 if self.stats.budget is not None:
                     self.stats.budget.give_back(expected)
@@ -336,8 +341,12 @@ class LLM:
         text_tokens = sum(estimate_tokens(str(message.get("content") or "")) for message in messages)
         return self.pricing.cost(math.ceil(text_tokens * self._prompt_ratio) + 4 * len(messages), completion)
 
-    async def _attempts(self, messages: list[dict[str, str]], sendable: dict[str, Any]) -> ChatResult:
+    async def _attempts(
+        self, messages: list[dict[str, str]], sendable: dict[str, Any], prompt: str | None
+    ) -> ChatResult:
         last_error = "no attempt"
+        path, body = ("/chat/completions", {"messages": messages}) if prompt is None else (
+            "/completions", {"prompt": prompt})
         kind = "error"
         for attempt in range(self.options.max_retries + 1):
             if self._stopped is not None:
@@ -346,21 +355,25 @@ class LLM:
                 self.stats.retries += 1
             await self._pacer.wait_turn()
             try:
-                body = await asyncio.wait_for(
+                answer = await asyncio.wait_for(
                     self._client.post(
-                        "/chat/completions",
-                        cast_to=str,
-                        body={"model": self.options.model, "messages": messages, **self._wire(sendable)},
+                        path, cast_to=str, body={"model": self.options.model, **body, **self._wire(sendable)}
                     ),
                     self.options.timeout,
                 )
-                return self._accept(json.loads(body), messages)
+                return self._accept(json.loads(answer), messages, raw=prompt is not None)
             except openai.APIStatusError as exc:
                 status = exc.status_code
                 message = self.redact(exc.message)
                 last_error, kind = f"HTTP {status}: {_short(message)}", f"http_{status}"
                 if status == 400 and self._token_limit_renamed(exc.message, sendable):
                     continue
+                if prompt is not None and status in (404, 405, 501) and not self._ever_answered:
+                    raise UserError(
+                        f"{self.url} takes no raw prompt (/completions answered HTTP {status}: {_short(message, 120)})"
+                        "; it needs a server that completes raw text in the model's chat template (vLLM, llama.cpp, "
+                        "--local-model)"
+                    ) from None
                 if status in _FATAL_STATUS and not self._ever_answered:
                     raise UserError(
                         f"{self.url} answered HTTP {status} ({_FATAL_STATUS[status]}) for model "
@@ -397,14 +410,14 @@ class LLM:
         self._token_limit_field = "max_completion_tokens"
         return True
 
-    def _accept(self, response: dict[str, Any], messages: list[dict[str, str]]) -> ChatResult:
+    def _accept(self, response: dict[str, Any], messages: list[dict[str, str]], raw: bool = False) -> ChatResult:
         """Read the answer from raw JSON: the SDK's typed models cost a millisecond of CPU per request,
         which is what caps throughput against a fast local server.
 
         A server that leaves out `usage` is charged estimated tokens (counted in `estimated_usage`), so it
         cannot slip past --max-cost."""
         choice = response["choices"][0]
-        text = choice["message"].get("content")
+        text = choice.get("text") if raw else choice["message"].get("content")
         if not isinstance(text, str):
             raise ValueError(f"no message content (finish_reason={choice.get('finish_reason')})")
         text = valid_unicode(text)

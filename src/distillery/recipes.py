@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from distillery.chat import Chat
 from distillery.decontaminate import Decontaminate
 from distillery.errors import InputError, UserError
 from distillery.evol import Evol
@@ -41,8 +42,9 @@ def file_identity(path: str | Path) -> list[Any]:
 @dataclass
 class ReadOptions:
     files: list[str] = option([], "Record files to read (JSON, JSONL or Parquet); default: the run's --input files.")
-    builtin: str | None = option(None, "Built-in seed set (en, zh, sql) read as Alpaca records when no file is "
-                                       "given, so a pipeline over seeds runs without --input.")
+    builtin: str | None = option(None, "Built-in seed set (en, zh, sql) read as Alpaca records, or topic set "
+                                       "(topics-en, topics-zh) for `chat`, when no file is given, so a pipeline "
+                                       "over seeds runs without --input.")
 
 
 class Read(Source):
@@ -66,7 +68,11 @@ class Read(Source):
 
     def records(self) -> Iterator[Record]:
         paths = self.paths()
-        if not paths:
+        if not paths and str(self.options.builtin).startswith("topics-"):
+            from distillery.chat import load_topics
+
+            yield from load_topics(str(self.options.builtin))
+        elif not paths:
             from distillery.self_instruct import load_seeds
 
             yield from load_seeds(f"builtin:{self.options.builtin}")
@@ -452,6 +458,7 @@ class Report(FileStep):
 
 
 STEPS: dict[str, type] = {
-    step.name: step for step in (Read, SelfInstruct, Respond, Evol, Clean, Dedup, Convert, Export, Stats, Report)
+    step.name: step
+    for step in (Read, SelfInstruct, Respond, Evol, Chat, Clean, Dedup, Convert, Export, Stats, Report, Score, Select,
+                 Decontaminate)
 }
-STEPS.update({step.name: step for step in (Score, Select, Decontaminate)})

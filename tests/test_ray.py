@@ -147,6 +147,18 @@ def test_sigkill_of_a_shard_worker_resends_no_answered_request(ray_cluster, tmp_
         assert (tmp_path / "killed" / name).read_bytes() == (tmp_path / "whole" / name).read_bytes()
 
 
+def test_a_shards_user_error_is_one_line_not_a_remote_traceback(ray_cluster, tmp_path):
+    instructions(tmp_path / "in.jsonl", 4)
+    with FakeOpenAI() as server:
+        closed = server.base_url  # nothing listens there once the server is gone
+    done = run_cli("run", "alpaca-gpt4", "-i", str(tmp_path / "in.jsonl"), "-o", str(tmp_path / "run"),
+                   "--executor", "ray", "--ray-address", ray_cluster, "--base-url", closed, "--model", "m",
+                   "--max-retries", "0", "--set", NO_LANG[0])
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: cannot reach"), done.stderr
+
+
 def test_executor_ray_without_ray_says_how_to_install(tmp_path):
     missing = tmp_path / "no-ray" / "ray"
     missing.mkdir(parents=True)

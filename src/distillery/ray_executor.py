@@ -247,6 +247,9 @@ class RayExecutor(LocalExecutor):
         endpoint: EndpointOptions | None = None, meta: dict[str, Any] | None = None,
     ) -> RunResult:
         """As `LocalExecutor.run`; `--fresh` forgets every shard's state too."""
+        if endpoint is not None and endpoint.local_model:
+            raise UserError("--executor ray sends requests from the cluster's workers: give them an HTTP endpoint "
+                            "(--base-url), not --local-model")
         if endpoint is not None and endpoint.fresh:
             for path in sorted((Path(run_dir) / "state").glob("shard-*.sqlite")):
                 with RunState(path) as shard:
@@ -275,7 +278,10 @@ class RayExecutor(LocalExecutor):
         assert step.context is not None
         endpoint = step.resolved_endpoint()
         count = max(1, min(self.shards, len(items)))
-        share = dataclasses.replace(endpoint, concurrency=max(1, endpoint.concurrency // count))
+        share = dataclasses.replace(  # each shard paces its own share of the run's limits
+            endpoint, concurrency=max(1, endpoint.concurrency // count),
+            rpm=endpoint.rpm / count if endpoint.rpm else endpoint.rpm,
+            tpm=endpoint.tpm / count if endpoint.tpm else endpoint.tpm)
         keeper = self._keeper.remote(endpoint.max_cost) if endpoint.max_cost is not None else None
         secret = os.environ.get(endpoint.api_key_env)
         bounds = [len(items) * shard // count for shard in range(count + 1)]
@@ -283,7 +289,7 @@ class RayExecutor(LocalExecutor):
                          step.context.stream, share, {endpoint.api_key_env: secret} if secret else {}, keeper)
                 for shard in range(count)]
         refs = [self._answer.remote(step, items[job.offset:bounds[job.shard + 1]], job) for job in jobs]
-        result = merge_runs(list(zip(bounds, self.ray.get(refs), strict=False)))
+        result = merge_runs(list(zip(bounds, self._gather(refs), strict=False)))
         step.record_stats(result)
         if result.stopped:
             step.context.stopped = result.stopped
@@ -291,6 +297,16 @@ class RayExecutor(LocalExecutor):
             step.complete = False
             step.context.incomplete = step.context.incomplete or bool(result.failed)
         return result
+
+    def _gather(self, refs: list[Any]) -> list[Any]:
+        """The tasks' results; a shard's user error (an unreachable endpoint, a rejected key) is raised as
+        its own one line, not wrapped in the remote traceback."""
+        try:
+            return self.ray.get(refs)
+        except self.ray.exceptions.RayTaskError as exc:
+            if isinstance(exc.cause, UserError):
+                raise exc.cause from None
+            raise
 
     # --- CPU work: chunks as Ray tasks, in input order ---------------------------------------------------
 
@@ -302,9 +318,9 @@ class RayExecutor(LocalExecutor):
             for item in items:
                 window.append(self._apply_remote.remote(function, item, initializer, token, shared))
                 if len(window) >= 2 * workers:
-                    yield self.ray.get(window.popleft())
+                    yield self._gather([window.popleft()])[0]
             while window:
-                yield self.ray.get(window.popleft())
+                yield self._gather([window.popleft()])[0]
         finally:
             for ref in window:
                 self.ray.cancel(ref)
@@ -318,7 +334,7 @@ class RayExecutor(LocalExecutor):
         bounds = [len(texts) * shard // count for shard in range(count + 1)]
         refs = [self._signatures.remote(texts[bounds[k]:bounds[k + 1]], options.cutoff, options.num_perm)
                 for k in range(count)]
-        signed = {text: signature for start, part in zip(bounds, self.ray.get(refs), strict=False)
+        signed = {text: signature for start, part in zip(bounds, self._gather(refs), strict=False)
                   for text, signature in zip(texts[start:start + len(part)], part, strict=True)}
         return PresignedMinHash(signed, options.cutoff, options.num_perm)
 

@@ -36,18 +36,24 @@ from distillery.respond import Respond
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU seconds of a process so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run_once(
-    records: Path, run_dir: Path, url: str, concurrency: int, executor: str, shards: int,
-) -> tuple[float, float]:
-    """(respond step's seconds, whole run's seconds) for one fresh run."""
+    records: Path, run_dir: Path, url: str, concurrency: int, executor: str, shards: int, server: int,
+) -> tuple[float, float, float]:
+    """(respond step's seconds, whole run's seconds, the server's busy share) for one fresh run."""
     endpoint = {"base_url": url, "model": "fake-model", "concurrency": concurrency}
-    started = time.perf_counter()
+    started, server_before = time.perf_counter(), cpu_seconds(server)
     result = Pipeline([Read(), Respond()]).run(run_dir, [records], endpoint, executor=executor, shards=shards)
     total = time.perf_counter() - started
     if result.exit_code:
         raise SystemExit(f"{executor} run ended with status {result.exit_code}")
     respond = next(stage for stage in result.summary.stages if stage.stage == "respond")
-    return respond.seconds, total
+    return respond.seconds, total, (cpu_seconds(server) - server_before) / total
 
 
 def main() -> None:
@@ -77,13 +83,13 @@ def main() -> None:
             started = time.perf_counter()
             warm = base / "warm.jsonl"
             warm.write_text("".join(json.dumps({"instruction": f"Warm up {i}."}) + "\n" for i in range(4)))
-            run_once(warm, base / "warm", url, args.concurrency, "ray", args.cpus)
+            run_once(warm, base / "warm", url, args.concurrency, "ray", args.cpus, server.pid)
             warm_up = time.perf_counter() - started
             runs = {}
             for label, executor, shards in (("local executor", "local", 0), ("Ray, 1 worker", "ray", 1),
                                             ("Ray, 2 workers", "ray", 2)):
                 runs[label] = run_once(records, base / label.replace(" ", "_").replace(",", ""), url,
-                                       args.concurrency, executor, shards)
+                                       args.concurrency, executor, shards, server.pid)
     finally:
         server.stdin.close()
         server.wait()
@@ -93,11 +99,13 @@ def main() -> None:
           f"(the endpoint allows {ideal:.0f} req/s); Ray cluster of {args.cpus} CPUs started in {ray_start:.1f}s, "
           f"its workers warmed up in {warm_up:.1f}s (both once per cluster, not timed below); "
           f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
-    print(f"{'executor':18}{'req/s':>9}{'step s':>9}{'run s':>9}{'vs local':>10}")
+    print(f"{'executor':18}{'req/s':>9}{'step s':>9}{'run s':>9}{'vs local':>10}{'server busy':>13}")
     local_rate = args.requests / runs["local executor"][0]
-    for label, (step, total) in runs.items():
+    for label, (step, total, busy) in runs.items():
         rate = args.requests / step
-        print(f"{label:18}{rate:9.1f}{step:9.2f}{total:9.2f}{rate / local_rate:9.2f}x")
+        print(f"{label:18}{rate:9.1f}{step:9.2f}{total:9.2f}{rate / local_rate:9.2f}x{100 * busy:12.0f}%")
+    print("server busy: the test server's CPU seconds per wall second of the run (100%: one core, its "
+          "ceiling, as one Python process)")
     two = args.requests / runs["Ray, 2 workers"][0]
     print(f"goal: Ray with 2 workers no slower than the local executor: {two / local_rate:.2f}x "
           f"({'met' if two >= local_rate else 'NOT met'})")

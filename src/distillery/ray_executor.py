@@ -32,6 +32,7 @@ import os
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -304,6 +305,9 @@ class RayExecutor(LocalExecutor):
         try:
             return self.ray.get(refs)
         except self.ray.exceptions.RayTaskError as exc:
+            for ref in refs:  # read every other task's outcome, which Ray would log as an unhandled error
+                with suppress(self.ray.exceptions.RayError):
+                    self.ray.get(ref)
             if isinstance(exc.cause, UserError):
                 raise exc.cause from None
             raise

@@ -26,6 +26,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "anchors" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.anchors)
+        if "ray_cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.ray)
         if not present and item.get_closest_marker("anchors"):
             item.add_marker(pytest.mark.skip(reason=ANCHORS_ABSENT))
 
@@ -34,6 +36,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def anchors() -> Path:
     """The directory of real public data files (the test is skipped where it is absent)."""
     return ANCHORS
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray cluster for the whole suite, started by the first test that asks for it (about 2.5 s and
+    1 GB): 2 CPUs, no dashboard, bound to loopback (without the address Ray picks the machine's external
+    one). Yields its address, for a CLI run to join with --ray-address; in-process runs find it connected."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
 
 
 @pytest.fixture

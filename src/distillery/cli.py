@@ -850,6 +850,14 @@ def run_pipeline(
         "--set", metavar="STEP.OPTION=VALUE", help="Override one step option, e.g. --set dedup.threshold=0.8 or "
                                                    "--set respond.endpoint.model=gpt-4o (repeatable).")] = None,
     workers: Annotated[int, typer.Option(help="Processes for CPU-bound steps; 0 means all cores.")] = 1,
+    executor: Annotated[str, typer.Option(
+        help="local, or ray: LLM steps, CPU-bound chunks and MinHash signatures run as shards on a Ray cluster "
+             "(pip install 'distillery[ray]').")] = "local",
+    ray_address: Annotated[str | None, typer.Option(
+        help="The Ray cluster to join (auto: this machine's; default: start a local one).")] = None,
+    shards: Annotated[int, typer.Option(
+        help="With --executor ray: shards per LLM step (each its own state file); 0 means one per cluster "
+             "CPU. Keep it the same when resuming a run.")] = 0,
     list_: Annotated[bool, typer.Option("--list", help="List the bundled pipelines and exit.")] = False,
     dry_run: Annotated[bool, typer.Option(
         "--dry-run", help="Print the steps, their options and an estimate of requests, tokens and cost; run "
@@ -891,7 +899,8 @@ def run_pipeline(
                 f"about ${estimate.cost_usd:.4f}", highlight=False, soft_wrap=True)
         return
     run_dir = output or Path("runs") / loaded.name
-    result = loaded.run(run_dir, inputs or [], endpoint, workers=workers, progress=True)
+    result = loaded.run(run_dir, inputs or [], endpoint, workers=workers, progress=True, executor=executor,
+                        ray_address=ray_address, shards=shards)
     table = Table(title=f"{loaded.name} → {run_dir}", title_justify="left")
     for column in ("step", "in", "out", "dropped", "requests sent / cached / failed", "cost (USD)", "seconds"):
         table.add_column(column, justify="left" if column in ("step", "dropped") else "right", overflow="fold")

@@ -7,6 +7,8 @@ always win, and a model the table does not know costs 0 and says so in the summa
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -88,6 +90,28 @@ class Budget:
         self.in_flight += 1
         self.blind += expected is None
         self.reserved += expected or 0.0
+
+    async def reserve(
+        self, expected: float | None, spent: Callable[[], float], stopped: Callable[[], BaseException | None],
+    ) -> bool:
+        """Wait until the limit covers this request on top of those in flight, then hold its share. False:
+        the limit is reached and nothing is in flight to free any. The one reservation interface a client
+        calls, so a budget shared by a cluster's workers (`ray_executor.SharedBudget`) slots in here."""
+        while not self.allows(spent(), expected):
+            if not self.in_flight:
+                return False
+            waiter = asyncio.get_running_loop().create_future()
+            self.waiters.append(waiter)
+            await waiter
+            reason = stopped()
+            if reason is not None:
+                raise reason
+        self.take(expected)
+        return True
+
+    def release(self, expected: float | None, spent: float) -> None:
+        """A reserved request ended; `spent` is what its client has spent so far, its cost included."""
+        self.give_back(expected)
 
     def give_back(self, expected: float | None) -> None:
         """A request ended (its real cost is now in RunStats): free its reservation and wake the waiters."""

@@ -671,8 +671,9 @@ def _dedup_located(
     pool: Iterable[str],
     options: DedupOptions,
     on_reject: Callable[[Duplicate], None] | None,
+    index: Index | None = None,
 ) -> Iterator[Record]:
-    index = options.make_index()
+    index = index if index is not None else options.make_index()
     for text in pool:
         index.add(text)
     for where, record in located:
@@ -691,10 +692,12 @@ def dedup_records(
     pool: Iterable[str] = (),
     options: DedupOptions | None = None,
     on_reject: Callable[[Duplicate], None] | None = None,
+    index: Index | None = None,
 ) -> Iterator[Record]:
-    """Kept records in input order; each candidate is compared with the pool and with those kept before it."""
+    """Kept records in input order; each candidate is compared with the pool and with those kept before it.
+    `index`: an empty one of the method's kind made elsewhere (the Ray executor's, signed by shard)."""
     located = ((f"record {number}", record) for number, record in enumerate(records, start=1))
-    yield from _dedup_located(located, pool, options or DedupOptions(), on_reject)
+    yield from _dedup_located(located, pool, options or DedupOptions(), on_reject, index)
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -48,6 +48,22 @@ def cpu_count() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+Mapper = Callable[[Callable[[Any], Any], Iterable[Any], int, Callable[..., None] | None, tuple[Any, ...]],
+                  Iterator[Any]]
+_mapper: list[Mapper] = []  # an executor's own pool (Ray's tasks), used by every ordered_map while it runs
+
+
+@contextmanager
+def mapping_with(mapper: Mapper) -> Iterator[None]:
+    """Inside, `ordered_map` with more than one worker runs on `mapper` (a cluster) instead of local
+    processes: how the Ray executor spreads CPU-bound steps and `clean`'s per-record stages."""
+    _mapper.append(mapper)
+    try:
+        yield
+    finally:
+        _mapper.pop()
+
+
 def ordered_map(
     function: Callable[[T], R],
     items: Iterable[T],
@@ -57,6 +73,9 @@ def ordered_map(
 ) -> Iterator[R]:
     """`map(function, items)` over `workers` processes, results in input order, with at most two items per
     worker in flight (so a huge input never piles up in memory). One worker runs in this process."""
+    if workers > 1 and _mapper:
+        yield from _mapper[-1](function, items, workers, initializer, initargs)
+        return
     if workers <= 1:
         if initializer is not None:
             initializer(*initargs)
@@ -142,6 +161,7 @@ class LocalExecutor:
         self.workers = workers if workers > 0 else cpu_count()
         self.chunk_size = chunk_size
         self.progress = progress
+        self.fingerprints: list[str] = []
 
     def bind(
         self, steps: list[Step], run_dir: Path, inputs: list[Path], endpoint: EndpointOptions | None,
@@ -156,6 +176,7 @@ class LocalExecutor:
                               self.progress, self.workers, upstream_file))
             upstream = hashlib.sha256(f"{upstream}/{step.fingerprint()}".encode()).hexdigest()[:16]
             fingerprints.append(upstream)
+        self.fingerprints = fingerprints
         return fingerprints
 
     def run(

@@ -311,7 +311,7 @@ class LLM:
                 return await self._attempts(messages, sendable, prompt)
             finally:
                 if self.stats.budget is not None:
-                    self.stats.budget.give_back(expected)
+                    self.stats.budget.release(expected, self.stats.cost_usd)
 
     async def _reserve(self, messages: list[dict[str, str]], sendable: dict[str, Any]) -> float | None:
         """Wait until the budget can cover this request on top of those in flight, and hold its share."""
@@ -321,15 +321,8 @@ class LLM:
         if budget is None:
             return 0.0
         expected = self._expected_cost(messages, sendable)
-        while not budget.allows(self.stats.cost_usd, expected):
-            if not budget.in_flight:
-                raise BudgetReached(budget.limit, self.stats)
-            waiter = asyncio.get_running_loop().create_future()
-            budget.waiters.append(waiter)
-            await waiter
-            if self._stopped is not None:
-                raise self._stopped
-        budget.take(expected)
+        if not await budget.reserve(expected, lambda: self.stats.cost_usd, lambda: self._stopped):
+            raise BudgetReached(budget.limit, self.stats)
         return expected
 
     def _expected_cost(self, messages: list[dict[str, str]], sendable: dict[str, Any]) -> float | None:

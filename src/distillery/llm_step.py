@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from distillery.cost import RunStats
+from distillery.cost import Budget, RunStats
 from distillery.errors import UserError
 from distillery.llm import LLM, ChatRequest, ChatResult, EndpointOptions, run_bounded, run_within_budget
 from distillery.progress import RunProgress, StepLine
@@ -246,12 +246,14 @@ def answer_records(
     endpoint: EndpointOptions,
     journal: str = "",
     progress: bool | StepLine = False,
+    budget: Budget | None = None,
 ) -> LLMRun:
     """Answer every record through `step`; `state` is the run state, or a state file path (one command's
     cache beside its output). With `journal`, outcomes are committed per record and replayed on re-run.
-    `progress`: the step's line in the run's view, or whether to show a view of its own (a command)."""
+    `progress`: the step's line in the run's view, or whether to show a view of its own (a command).
+    `budget`: a --max-cost shared with other shards of the step (else the client makes its own)."""
     started = time.monotonic()
-    result = LLMRun()
+    result = LLMRun(stats=RunStats(budget=budget))
     owned = isinstance(state, Path)
     run_state = RunState(state, lock=False) if owned else state
     try:

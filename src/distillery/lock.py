@@ -44,3 +44,11 @@ def lock_output(output: str | os.PathLike[str]) -> None:
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}, started {started}\n".encode(), 0)
     _held[key] = fd
+
+
+def release_output(output: str | os.PathLike[str]) -> None:
+    """Give OUTPUT's lock back before this process ends: a pooled worker (a Ray task's process) lives on
+    after the shard it locked, and the next run's shard must be able to take it."""
+    fd = _held.pop(os.path.realpath(lock_path(output)), None)
+    if fd is not None:
+        os.close(fd)

@@ -74,11 +74,22 @@ class Pipeline:
 
     def run(
         self, run_dir: str | Path, inputs: Iterable[str | Path] = (), endpoint: dict[str, Any] | None = None,
-        workers: int = 1, progress: bool = False,
+        workers: int = 1, progress: bool = False, executor: str = "local", ray_address: str | None = None,
+        shards: int = 0,
     ) -> RunResult:
-        """Run, or resume, this pipeline into RUN_DIR (see `executor` for what it holds)."""
-        executor = LocalExecutor(workers=workers, progress=progress)
-        return executor.run(self.steps, run_dir, inputs, self.endpoint_options(endpoint), meta={"pipeline": self.name})
+        """Run, or resume, this pipeline into RUN_DIR (see `executor` for what it holds). `executor="ray"`
+        spreads it on the Ray cluster at `ray_address` (default: a local one) in `shards` shards (default:
+        one per CPU of the cluster), writing the same run directory (see `ray_executor`)."""
+        runner: LocalExecutor
+        if executor == "ray":
+            from distillery.ray_executor import RayExecutor
+
+            runner = RayExecutor(shards=shards, address=ray_address, workers=workers, progress=progress)
+        elif executor == "local":
+            runner = LocalExecutor(workers=workers, progress=progress)
+        else:
+            raise UserError(f"--executor {executor!r}: expected local or ray")
+        return runner.run(self.steps, run_dir, inputs, self.endpoint_options(endpoint), meta={"pipeline": self.name})
 
     def estimate(self, inputs: Iterable[str | Path] = (), endpoint: dict[str, Any] | None = None) -> list[Estimate]:
         """Requests, tokens and cost of each LLM step, from the records its upstream sources make."""

@@ -8,7 +8,7 @@ previous step's output file, which the executor has just written, rather than a 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -292,9 +292,11 @@ class Dedup(GlobalStep):
 
     name = "dedup"
     Options = DedupStepOptions
+    # An executor may make the index from every text the step compares (the Ray executor signs them by shard).
+    make_index: Callable[[Any, list[str]], Any] | None = None
 
     def run(self, records: Iterable[Record]) -> Iterator[Record]:
-        from distillery.dedup import DedupOptions, dedup_records, pool_texts
+        from distillery.dedup import DedupOptions, dedup_records, pool_texts, record_text
 
         o = self.options
         options = DedupOptions(method=o.method, threshold=o.threshold, field=o.field, num_perm=o.num_perm)
@@ -306,8 +308,13 @@ class Dedup(GlobalStep):
             if not found:
                 raise UserError(f"{self.name}.against_seeds: no earlier step of this pipeline made records from seeds")
             pool += pool_texts(found, o.field)
+        index = None
+        if self.make_index is not None:
+            records = list(records)
+            texts = [*pool, *(record_text(r, o.field, f"record {n}") for n, r in enumerate(records, start=1))]
+            index = self.make_index(options, texts)
         yield from dedup_records(records, pool, options, lambda dup: self.drop(
-            dup.record, dup.reason, {"score": dup.score, "most_similar": dup.most_similar}))
+            dup.record, dup.reason, {"score": dup.score, "most_similar": dup.most_similar}), index)
 
 
 # --- convert -----------------------------------------------------------------------------------------------

@@ -340,7 +340,10 @@ async def _answer_all(
                 bar.advance()
 
             try:
-                await run_bounded(todo, answer, limit=llm.options.concurrency * 2)
+                # with --batch every record may wait on the same wave; --batch-size bounds what is alive at once
+                limit = max(llm.options.batch_size, llm.options.concurrency * 2) if llm.options.batch \
+                    else llm.options.concurrency * 2
+                await run_bounded(todo, answer, limit=limit)
             finally:
                 result.stages_replayed = session.replayed
 

@@ -13,6 +13,7 @@ import time
 import pytest
 from conftest import cli_env, cli_exe, run_cli
 from fake_openai import Reply, user_text
+from test_evol import SEED, poison_script, seeds_file
 from test_pipeline_self_instruct import NO_LANG, check_run
 from test_respond import alpaca_file
 from test_self_instruct import Teacher
@@ -58,12 +59,14 @@ def test_respond_batch_matches_real_time_at_half_price_and_shares_the_cache(fake
     assert reused.returncode == 0 and len(fake_server.batches) == 1 and len(fake_server.requests) == sent
 
 
-def test_kill_9_after_submission_then_rerun_collects_without_submitting_again(fake_server, tmp_path):
+@pytest.mark.parametrize("rerun", [FAST, ()], ids=["batch", "real-time"])
+def test_kill_9_after_submission_then_rerun_collects_without_submitting_again(fake_server, tmp_path, rerun):
+    """Re-run with --batch or without it: the journaled batch is collected, none of its requests sent again."""
     records = alpaca_file(tmp_path / "in.json", 300)
     fake_server.batch_hold = True
     out = tmp_path / "out.json"
-    args = ["respond", str(tmp_path / "in.json"), "-o", str(out), *PRICES, *FAST]
-    victim = subprocess.Popen([cli_exe(), *args], env=cli_env(fake_server), stdout=subprocess.DEVNULL,
+    args = ["respond", str(tmp_path / "in.json"), "-o", str(out), *PRICES]
+    victim = subprocess.Popen([cli_exe(), *args, *FAST], env=cli_env(fake_server), stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
     assert fake_server.batch_created.wait(60)
     deadline = time.monotonic() + 60
@@ -73,9 +76,10 @@ def test_kill_9_after_submission_then_rerun_collects_without_submitting_again(fa
     victim.wait()
     assert not out.exists()
     fake_server.batch_hold = False
-    done = run_cli(*args, env=cli_env(fake_server))
+    done = run_cli(*args, *rerun, env=cli_env(fake_server))
     assert done.returncode == 0, done.stderr
     assert len(fake_server.batches) == 1 and set(fake_server.batch_submitted.values()) == {1}
+    assert len(fake_server.requests) == 300  # the batch's lines only: nothing was sent in real time
     assert [r["output"] for r in json.loads(out.read_text())] == [expected_output(r) for r in records]
     assert summary_of(out)["requests"]["batched"] == 300
 
@@ -182,3 +186,34 @@ def test_alpaca_pipeline_runs_in_waves(fake_server, tmp_path):
     check_run(run, "alpaca", fake_server.script, "builtin:en", 12)
     assert len(fake_server.batches) > 1 and all(len(lines) <= 4 for lines in fake_server.batch_lines.values())
     assert set(fake_server.batch_submitted.values()) == {1}
+
+
+def test_evol_submits_a_wave_per_stage_and_writes_what_real_time_writes(fake_server, tmp_path):
+    fake_server.script = poison_script()
+    seeds_file(tmp_path / "seeds.json", 12)
+    base = ["evol", str(tmp_path / "seeds.json"), "--rounds", "2", "--seed", str(SEED)]
+    real = run_cli(*base, "-o", str(tmp_path / "real.jsonl"), env=cli_env(fake_server))
+    assert real.returncode == 0, real.stderr
+    done = run_cli(*base, "-o", str(tmp_path / "batch.jsonl"), *FAST, env=cli_env(fake_server))
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "batch.jsonl").read_text() == (tmp_path / "real.jsonl").read_text()
+    # evolve, judge, answer per round: each stage of every lineage waits for the one before
+    assert 2 <= len(fake_server.batches) <= 6 and set(fake_server.batch_submitted.values()) == {1}
+
+
+def test_batch_size_splits_one_wave_into_batches_submitted_together(fake_server, tmp_path):
+    records = alpaca_file(tmp_path / "in.json", 25)
+    fake_server.batch_hold = True
+    out = tmp_path / "out.json"
+    run = subprocess.Popen([cli_exe(), "respond", str(tmp_path / "in.json"), "-o", str(out), *FAST,
+                            "--batch-size", "10"], env=cli_env(fake_server), stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while len(fake_server.batches) < 3 and time.monotonic() < deadline and run.poll() is None:
+        time.sleep(0.01)
+    held = sorted(len(lines) for lines in fake_server.batch_lines.values())
+    fake_server.batch_hold = False
+    _, stderr = run.communicate(timeout=60)
+    assert held == [5, 10, 10], "every batch of the wave is submitted before the first one ends"
+    assert run.returncode == 0, stderr
+    assert [r["output"] for r in json.loads(out.read_text())] == [expected_output(r) for r in records]

@@ -92,6 +92,7 @@ class Batcher:
         for seq, _, _ in self._open_rows:
             for (key,) in self.connection.execute("SELECT key FROM batch_requests WHERE batch = ?", (seq,)):
                 self.open_keys[key] = seq
+                self.submissions[key] += 1
 
     @staticmethod
     def has_open(connection: sqlite3.Connection, base_url: str, model: str) -> bool:
@@ -212,7 +213,7 @@ class Batcher:
         except openai.APIStatusError:
             self._forget(seq)  # the provider refused it: there is no batch to pay for
             raise
-        await self._watch(seq)
+        self._spawn(self._watch_or_fail(seq))  # the next chunk is submitted while this one runs
 
     async def _create(self, seq: int, input_file: str) -> str:
         batch = await self._call(self.client.batches.create, input_file_id=input_file, endpoint=ENDPOINT,
@@ -233,9 +234,10 @@ class Batcher:
                     self._journal(seq, found)
                 else:
                     await self._create(seq, input_file)
-            await self._watch(seq)
         except Exception as exc:
             self._fail({key: b"" for key, owner in self.open_keys.items() if owner == seq}, exc)
+            return
+        await self._watch_or_fail(seq)
 
     def _forget(self, seq: int) -> None:
         with self.connection:
@@ -246,6 +248,13 @@ class Batcher:
             del self.open_keys[key]
 
     # --- polling and collecting --------------------------------------------------------------------------
+
+    async def _watch_or_fail(self, seq: int) -> None:
+        """Poll and collect one batch; an error that ends polling reaches every request waiting on it."""
+        try:
+            await self._watch(seq)
+        except Exception as exc:
+            self._fail({key: b"" for key, owner in self.open_keys.items() if owner == seq}, exc)
 
     async def _watch(self, seq: int) -> None:
         batch_id = self.connection.execute("SELECT id FROM batches WHERE seq = ?", (seq,)).fetchone()[0]

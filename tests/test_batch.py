@@ -178,12 +178,15 @@ def test_batches_lists_and_cancels_a_running_batch(fake_server, tmp_path):
 def test_alpaca_pipeline_runs_in_waves(fake_server, tmp_path):
     fake_server.script = Teacher("en")
     run = tmp_path / "run"
-    args = ["run", "alpaca", "-o", str(run), "--set", "self_instruct.num=12", "--concurrency", "4", *FAST, *NO_LANG]
+    args = ["run", "alpaca", "-o", str(run), "--set", "self_instruct.num=12", "--concurrency", "4", *FAST, *NO_LANG,
+            *PRICES]
     plan = run_cli(*args, "--dry-run", env=cli_env(fake_server))
     assert plan.returncode == 0 and "submitted in waves of --concurrency 4 requests" in plan.stdout
     done = run_cli(*args, env=cli_env(fake_server))
     assert done.returncode == 0, done.stderr
     check_run(run, "alpaca", fake_server.script, "builtin:en", 12)
+    made = json.loads((run / "summary.json").read_text())["stages"][0]
+    assert made["notes"]["batched"] == made["requests"]["sent"] and made["notes"]["batch_saved_usd"] > 0
     assert len(fake_server.batches) > 1 and all(len(lines) <= 4 for lines in fake_server.batch_lines.values())
     assert set(fake_server.batch_submitted.values()) == {1}
 

@@ -7,6 +7,11 @@ at a time, malformed JSON, dropped connections, connections reset in the middle 
 that echo the request's Authorization header, and answers without `usage`. Every request and every
 successful answer is recorded for assertions.
 
+It also speaks the Batch API (`/v1/files`, `/v1/batches`): each line of a batch is answered by the same
+script, and the test decides how batches end (`batch_outcomes`: completed, expired or failed with a
+fraction answered), how many polls that takes (`batch_polls`), or holds them running (`batch_hold`).
+`batch_submitted` counts how often each custom_id was submitted, across every batch.
+
 Run as a script it serves on its own (`python tests/fake_openai.py --latency 0.5` prints the base URL),
 so a benchmark can measure a client's CPU time without the server's.
 """
@@ -14,6 +19,7 @@ so a benchmark can measure a client's CPU time without the server's.
 from __future__ import annotations
 
 import json
+import re
 import socket
 import struct
 import threading
@@ -21,6 +27,8 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from email.parser import BytesParser
+from email.policy import HTTP
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -71,6 +79,15 @@ class FakeOpenAI:
         self.headers: list[dict[str, str]] = []
         self.answered: Counter[str] = Counter()
         self.lock = threading.Lock()
+        self.files: dict[str, bytes] = {}
+        self.batches: dict[str, dict[str, Any]] = {}
+        self.batch_lines: dict[str, list[dict[str, Any]]] = {}
+        self.batch_submitted: Counter[str] = Counter()
+        self.batch_outcomes: dict[int, tuple[str, float]] = {}  # batch number (from 1) -> (status, answered)
+        self.batch_polls = 1
+        self.batch_hold = False
+        self.batch_api = True  # False: answer 404 like a server without the Batch API
+        self.batch_created = threading.Event()
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -83,8 +100,19 @@ class FakeOpenAI:
             def log_message(self, *args: object) -> None:
                 pass
 
+            def do_GET(self) -> None:
+                with server.lock:
+                    status, payload = server.batch_get(self.path)
+                self._send(status, payload, {})
+
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", 0))
+                if self.path.startswith(("/v1/files", "/v1/batches")):
+                    raw = self.rfile.read(length)
+                    with server.lock:
+                        status, payload = server.batch_post(self.path, raw, self.headers.get("Content-Type", ""))
+                    self._send(status, payload, {})
+                    return
                 body = json.loads(self.rfile.read(length))
                 if self.path.endswith("/completions") and not self.path.endswith("/chat/completions"):
                     self._complete(body)
@@ -196,6 +224,101 @@ class FakeOpenAI:
 
         self.httpd = Server(("127.0.0.1", 0), Handler)
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    # --- the Batch API (called with self.lock held) -------------------------------------------------------
+
+    def batch_post(self, path: str, raw: bytes, content_type: str) -> tuple[int, bytes]:
+        if not self.batch_api:
+            return 404, json.dumps({"error": {"message": f"no route {path}"}}).encode()
+        if path == "/v1/files":
+            message = BytesParser(policy=HTTP).parsebytes(f"Content-Type: {content_type}\r\n\r\n".encode() + raw)
+            parts = {part.get_param("name", header="content-disposition"): part for part in message.iter_parts()}
+            data = parts["file"].get_payload(decode=True)
+            file_id = f"file-{len(self.files) + 1}"
+            self.files[file_id] = data
+            return 200, json.dumps(self._file(file_id, "batch")).encode()
+        if path == "/v1/batches":
+            request = json.loads(raw)
+            lines = [json.loads(line) for line in self.files[request["input_file_id"]].splitlines() if line.strip()]
+            batch_id = f"batch_{len(self.batches) + 1}"
+            self.batch_lines[batch_id] = lines
+            self.batch_submitted.update(line["custom_id"] for line in lines)
+            self.batches[batch_id] = {
+                "id": batch_id, "object": "batch", "endpoint": request["endpoint"], "errors": None,
+                "input_file_id": request["input_file_id"], "completion_window": request["completion_window"],
+                "status": "validating", "output_file_id": None, "error_file_id": None, "created_at": int(time.time()),
+                "request_counts": {"total": len(lines), "completed": 0, "failed": 0}, "polls": 0,
+            }
+            self.batch_created.set()
+            return 200, self._batch(batch_id)
+        match = re.fullmatch(r"/v1/batches/([^/]+)/cancel", path)
+        if match and match[1] in self.batches:
+            self.batches[match[1]]["status"] = "cancelled"
+            self._finish(match[1], "cancelled", 0.0)
+            return 200, self._batch(match[1])
+        return 404, json.dumps({"error": {"message": f"no route {path}"}}).encode()
+
+    def batch_get(self, path: str) -> tuple[int, bytes]:
+        match = re.fullmatch(r"/v1/files/([^/]+)/content", path)
+        if match and match[1] in self.files:
+            return 200, self.files[match[1]]
+        match = re.fullmatch(r"/v1/batches/([^/?]+)", path)
+        if match and match[1] in self.batches:
+            batch = self.batches[match[1]]
+            batch["polls"] += 1
+            if batch["status"] not in ("completed", "expired", "failed", "cancelled"):
+                batch["status"] = "in_progress"
+                if not self.batch_hold and batch["polls"] >= self.batch_polls:
+                    number = int(match[1].split("_")[1])
+                    self._finish(match[1], *self.batch_outcomes.get(number, ("completed", 1.0)))
+            return 200, self._batch(match[1])
+        if path.split("?")[0] == "/v1/batches":
+            listed = [json.loads(self._batch(batch_id)) for batch_id in reversed(self.batches)]
+            return 200, json.dumps({"object": "list", "data": listed, "has_more": False}).encode()
+        return 404, json.dumps({"error": {"message": f"no route {path}"}}).encode()
+
+    def _finish(self, batch_id: str, status: str, answered: float) -> None:
+        """Answer the first `answered` fraction of the lines with the script, then end as `status`."""
+        batch = self.batches[batch_id]
+        lines = self.batch_lines[batch_id]
+        output, errors = [], []
+        for line in lines[: round(len(lines) * answered)]:
+            self.requests.append(line["body"])
+            reply = self.script(line["body"], len(self.requests))
+            if isinstance(reply, str):
+                reply = Reply(text=reply)
+            if reply.status != 200:
+                errors.append({"id": f"req-{len(self.requests)}", "custom_id": line["custom_id"], "error": None,
+                               "response": {"status_code": reply.status,
+                                            "body": {"error": {"message": reply.error or f"scripted {reply.status}"}}}})
+                continue
+            body = line["body"]
+            usage = reply.usage or {
+                "prompt_tokens": sum(len(str(m.get("content", "")).split()) for m in body["messages"]),
+                "completion_tokens": len(reply.text.split()),
+            }
+            answer = {"id": f"chatcmpl-{len(self.requests)}", "object": "chat.completion", "model": body["model"],
+                      "choices": [{"index": 0, "message": {"role": "assistant", "content": reply.text},
+                                   "finish_reason": reply.finish_reason}],
+                      "usage": {**usage, "total_tokens": usage["prompt_tokens"] + usage["completion_tokens"]}}
+            output.append({"id": f"req-{len(self.requests)}", "custom_id": line["custom_id"], "error": None,
+                           "response": {"status_code": 200, "body": answer}})
+        for name, found in (("output_file_id", output), ("error_file_id", errors)):
+            if found:
+                file_id = f"file-{len(self.files) + 1}"
+                self.files[file_id] = "".join(json.dumps(item) + "\n" for item in found).encode()
+                batch[name] = file_id
+        batch["status"] = status
+        batch["request_counts"] = {"total": len(lines), "completed": len(output), "failed": len(errors)}
+        if status == "failed":
+            batch["errors"] = {"object": "list", "data": [{"code": "scripted", "message": "scripted failure"}]}
+
+    def _batch(self, batch_id: str) -> bytes:
+        return json.dumps({k: v for k, v in self.batches[batch_id].items() if k != "polls"}).encode()
+
+    def _file(self, file_id: str, purpose: str) -> dict[str, Any]:
+        return {"id": file_id, "object": "file", "bytes": len(self.files[file_id]), "created_at": int(time.time()),
+                "filename": "batch.jsonl", "purpose": purpose, "status": "processed"}
 
     @property
     def base_url(self) -> str:

@@ -51,6 +51,27 @@ _MIGRATIONS = [
         updated REAL NOT NULL
     )
     """,
+    # Provider batches (`--batch`), journaled before `create` is even sent: `id` stays NULL until the
+    # provider named the batch, so a run killed in between finds it again by its input file.
+    """
+    CREATE TABLE batches (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT,
+        input_file TEXT NOT NULL,
+        base_url TEXT NOT NULL,
+        api_key_env TEXT NOT NULL,
+        model TEXT NOT NULL,
+        state TEXT NOT NULL,
+        requests INTEGER NOT NULL,
+        answered INTEGER NOT NULL DEFAULT 0,
+        failed INTEGER NOT NULL DEFAULT 0,
+        collected INTEGER NOT NULL DEFAULT 0,
+        created REAL NOT NULL,
+        updated REAL NOT NULL
+    )
+    """,
+    "CREATE TABLE batch_requests (batch INTEGER NOT NULL, key TEXT NOT NULL, request TEXT NOT NULL, "
+    "PRIMARY KEY (batch, key))",
 ]
 
 

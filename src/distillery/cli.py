@@ -9,6 +9,7 @@ import inspect
 import shlex
 import signal
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
@@ -103,6 +104,10 @@ _ENDPOINT_FLAGS: dict[str, tuple[type, str, str]] = {
     "local_parallel": (int, "--local-parallel", "Requests --local-model decodes at once (continuous batching)."),
     "local_engine": (str, "--local-engine", "llama.cpp (a GGUF file, CPU or GPU) or vllm (a Hugging Face model "
                      "directory or name, NVIDIA GPU; needs distillery\\[vllm])."),
+    "batch": (bool, "--batch", "Send requests through the provider's Batch API (half price, answers within 24 h); "
+              "a re-run collects submitted batches instead of paying again."),
+    "batch_size": (int, "--batch-size", "Most requests per batch (the provider allows up to 50,000)."),
+    "batch_poll": (float, "--batch-poll", "Seconds between polls of a batch's state (grows with backoff)."),
 }
 
 
@@ -156,6 +161,9 @@ def print_run_summary(title: str, rows: list[tuple[str, object]], stats: RunStat
         if stats.estimated_usage:
             table.add_row("answers without usage (tokens estimated)", str(stats.estimated_usage))
         table.add_row("cost (USD)", f"{stats.cost_usd:.4f}")
+        if stats.batched or stats.resubmitted:
+            table.add_row("batch answers / resubmitted", f"{stats.batched} / {stats.resubmitted}")
+            table.add_row("saved by --batch (USD)", f"{stats.batch_saved_usd:.4f}")
     out_console.print(table)
 
 
@@ -836,6 +844,30 @@ def self_instruct(
     raise typer.Exit(result.exit_code)
 
 
+@app.command()
+def batches(
+    path: Annotated[Path, typer.Argument(help="A command's OUTPUT (its state beside it) or a run directory.")],
+    cancel: Annotated[bool, typer.Option("--cancel", help="Cancel every batch still running.")] = False,
+) -> None:
+    """List the provider batches a `--batch` run submitted (id, state, counts, created), or cancel them.
+
+    A cancelled batch's answers so far are collected by the next run of the same command.
+    """
+    from distillery.batch import cancel_batches, list_batches
+
+    if cancel:
+        for row, state in cancel_batches(path):
+            out_console.print(f"{row.id}: {state}")
+    table = Table(title=f"batches of {path}", title_justify="left")
+    for column in ("batch", "state", "requests", "answered", "failed", "collected", "model", "created"):
+        table.add_column(column, overflow="fold")
+    for row in list_batches(path):
+        table.add_row(row.id or "(not created yet)", row.state, str(row.requests), str(row.answered),
+                      str(row.failed), "yes" if row.collected else "no", row.model,
+                      time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row.created)))
+    out_console.print(table)
+
+
 @app.command("run")
 @endpoint_command(given_only=True)
 def run_pipeline(
@@ -896,7 +928,8 @@ def run_pipeline(
             out_console.print(
                 f"{estimate.step}: model {estimate.model}, at most {estimate.requests:,} requests, about "
                 f"{estimate.prompt_tokens:,} prompt and {estimate.completion_tokens:,} completion tokens{guess}, "
-                f"about ${estimate.cost_usd:.4f}", highlight=False, soft_wrap=True)
+                f"about ${estimate.cost_usd:.4f}" + (f"; {estimate.batch}" if estimate.batch else ""),
+                highlight=False, soft_wrap=True)
         return
     run_dir = output or Path("runs") / loaded.name
     result = loaded.run(run_dir, inputs or [], endpoint, workers=workers, progress=True, executor=executor,

@@ -35,6 +35,11 @@ PRICES_PER_MILLION: dict[str, tuple[float, float]] = {
 }
 
 
+# The batch APIs distillery speaks (OpenAI's, Azure OpenAI's and DashScope's OpenAI-compatible batch files)
+# bill every model at half its real-time price, for answers within 24 hours.
+BATCH_PRICE_FACTOR = 0.5
+
+
 def lookup_price(model: str) -> tuple[float, float] | None:
     """Longest known prefix wins, so dated snapshots (gpt-4o-2024-08-06) find their family."""
     name = model.rsplit("/", 1)[-1].lower()
@@ -64,6 +69,11 @@ class Pricing:
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
         return (prompt_tokens * self.input_per_million + completion_tokens * self.output_per_million) / 1e6
+
+    def batched(self) -> Pricing:
+        """What the same tokens cost through a provider's batch API (real-time prices, table or options, halved)."""
+        return Pricing(self.input_per_million * BATCH_PRICE_FACTOR, self.output_per_million * BATCH_PRICE_FACTOR,
+                       f"{self.source}, batch price ({BATCH_PRICE_FACTOR:.0%})")
 
 
 @dataclass
@@ -129,6 +139,9 @@ class RunStats:
     """What one run did with the endpoint; cached answers cost nothing and are counted apart.
 
     `estimated_usage` counts answers that came without `usage`: their tokens (and cost) are estimates.
+    `batched` counts answers that came through a provider batch (`--batch`), `resubmitted` the requests of
+    expired or failed batches sent again, and `batch_saved_usd` what those answers would have cost more in
+    real time.
     """
 
     sent: int = 0
@@ -141,11 +154,15 @@ class RunStats:
     cached_completion_tokens: int = 0
     cost_usd: float = 0.0
     estimated_usage: int = 0
+    batched: int = 0
+    resubmitted: int = 0
+    batch_saved_usd: float = 0.0
     failures_by_kind: dict[str, int] = field(default_factory=dict)
     budget: Budget | None = field(default=None, repr=False, compare=False)
 
     def as_dict(self) -> dict[str, Any]:
         values = {item.name: getattr(self, item.name) for item in fields(self) if item.name != "budget"}
         values["cost_usd"] = round(self.cost_usd, 6)
+        values["batch_saved_usd"] = round(self.batch_saved_usd, 6)
         values["failures_by_kind"] = dict(self.failures_by_kind)
         return values

@@ -41,6 +41,9 @@ class EndpointOptions:
     local_ctx: int = 4096
     local_parallel: int = 4
     local_engine: str = "llama.cpp"
+    batch: bool = False
+    batch_size: int = 50_000
+    batch_poll: float = 30.0
 
     def resolve(self) -> EndpointOptions:
         """Fill model and URL from the environment and reject impossible settings with a clear message."""
@@ -105,7 +108,9 @@ class EndpointOptions:
             raise UserError("--concurrency must be at least 1")
         if self.max_retries < 0:
             raise UserError("--max-retries cannot be negative")
-        for name in ("rpm", "tpm", "timeout", "max_cost"):
+        if self.batch_size < 1:
+            raise UserError("--batch-size must be at least 1")
+        for name in ("rpm", "tpm", "timeout", "max_cost", "batch_poll"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise UserError(f"--{name.replace('_', '-')} must be positive")

@@ -31,6 +31,7 @@ from urllib.parse import quote, quote_plus
 import aiohttp
 import openai
 
+from distillery.batch import Batcher
 from distillery.cache import CachedResponse, ResponseCache, canonical_request, connect, request_key
 from distillery.cost import Budget, Pricing, RunStats
 from distillery.endpoint import (
@@ -225,6 +226,11 @@ class LLM:
             http_client=openai.DefaultAioHttpClient(),
             default_headers=self._basic_auth(),
         )
+        self._batcher = (
+            Batcher(self, self._client)
+            if self.options.batch or Batcher.has_open(self.cache.connection, self.options.base_url, self.options.model)
+            else None
+        )
         self._slots = asyncio.Semaphore(self.options.concurrency)
         self._pacer = _Pacer(self.options.rpm, self.options.tpm)
         self._in_flight: dict[str, asyncio.Future[ChatResult]] = {}
@@ -241,6 +247,8 @@ class LLM:
         await self.close()
 
     async def close(self) -> None:
+        if self._batcher is not None:
+            await self._batcher.close()
         await self._client.close()
         self.cache.connection.close()
 
@@ -280,6 +288,10 @@ class LLM:
         future: asyncio.Future[ChatResult] = asyncio.get_running_loop().create_future()
         self._in_flight[key] = future
         try:
+            if self._batcher is not None and request.prompt is None and self._batcher.takes(key):
+                result = await self._batcher.chat(key, canonical)  # the batcher caches what its batches answer
+                future.set_result(result)
+                return result
             result = await self._send(request.messages, params, request.prompt)
             if result.ok:
                 self.cache.put(
@@ -403,12 +415,18 @@ class LLM:
         self._token_limit_field = "max_completion_tokens"
         return True
 
-    def _accept(self, response: dict[str, Any], messages: list[dict[str, str]], raw: bool = False) -> ChatResult:
+    def _accept(
+        self,
+        response: dict[str, Any],
+        messages: list[dict[str, str]],
+        raw: bool = False,
+        pricing: Pricing | None = None,
+    ) -> ChatResult:
         """Read the answer from raw JSON: the SDK's typed models cost a millisecond of CPU per request,
         which is what caps throughput against a fast local server.
 
         A server that leaves out `usage` is charged estimated tokens (counted in `estimated_usage`), so it
-        cannot slip past --max-cost."""
+        cannot slip past --max-cost. `pricing` is the batch price for an answer that came through a batch."""
         choice = response["choices"][0]
         text = choice.get("text") if raw else choice["message"].get("content")
         if not isinstance(text, str):
@@ -427,7 +445,7 @@ class LLM:
         self.stats.sent += 1
         self.stats.prompt_tokens += prompt_tokens
         self.stats.completion_tokens += completion_tokens
-        self.stats.cost_usd += self.pricing.cost(prompt_tokens, completion_tokens)
+        self.stats.cost_usd += (pricing or self.pricing).cost(prompt_tokens, completion_tokens)
         self._pacer.record(prompt_tokens + completion_tokens)
         return ChatResult(text, choice.get("finish_reason"), prompt_tokens, completion_tokens)
 

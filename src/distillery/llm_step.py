@@ -23,6 +23,7 @@ import dataclasses
 import hashlib
 import json
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -150,6 +151,7 @@ class LLMStep(Step):
         self.stats.completion_tokens += stats.completion_tokens
         self.stats.cost_usd += stats.cost_usd
         self.stats.notes["replayed"] += result.replayed + result.stages_replayed
+        _note_batches(self.stats.notes, stats)
         if result.stopped:
             self.stats.notes["pending"] += result.pending(self.stats.seen)
 
@@ -190,6 +192,7 @@ class LLMSource(Source):
         self.stats.sent, self.stats.cached, self.stats.failed = stats.sent, stats.cached, stats.failed
         self.stats.prompt_tokens, self.stats.completion_tokens = stats.prompt_tokens, stats.completion_tokens
         self.stats.cost_usd = stats.cost_usd
+        _note_batches(self.stats.notes, stats)
         if stopped:
             self.context.stopped = stopped
             self.complete = False
@@ -215,6 +218,15 @@ def with_llm(
     finally:
         if owned:
             run_state.close()
+
+
+def _note_batches(notes: Counter, stats: RunStats) -> None:
+    """--batch shows in the step's summary row: answers from batches, requests resubmitted, USD saved."""
+    for name in ("batched", "resubmitted"):
+        if getattr(stats, name):
+            notes[name] += getattr(stats, name)
+    if stats.batch_saved_usd:
+        notes["batch_saved_usd"] += round(stats.batch_saved_usd, 6)
 
 
 def step_endpoint(step: Step, defaults: dict[str, Any] | None = None) -> EndpointOptions:
@@ -343,7 +355,10 @@ async def _answer_all(
                 bar.advance()
 
             try:
-                await run_bounded(todo, answer, limit=llm.options.concurrency * 2)
+                # with --batch every record may wait on the same wave; --batch-size bounds what is alive at once
+                limit = max(llm.options.batch_size, llm.options.concurrency * 2) if llm.options.batch \
+                    else llm.options.concurrency * 2
+                await run_bounded(todo, answer, limit=limit)
             finally:
                 result.stages_replayed = session.replayed
 

@@ -20,7 +20,7 @@ file's `endpoint`, unless a step names its own. Bundled pipelines live in `data/
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -49,6 +49,7 @@ class Estimate:
     completion_tokens: int
     cost_usd: float
     assumed_completion: bool
+    batch: str = ""  # with --batch: how the requests are submitted (at once, or in waves)
 
 
 @dataclass
@@ -100,7 +101,8 @@ class Pipeline:
         for step in self.steps:
             if isinstance(step, LLMSource):  # its records are what the model will write: none to count yet
                 samples, expected = step.estimate_requests()
-                estimates.append(_priced(step.name, step.resolved_endpoint(), samples, expected))
+                estimate = _priced(step.name, step.resolved_endpoint(), samples, expected)
+                estimates.append(_batched(estimate, step.resolved_endpoint(), "source", expected))
             elif isinstance(step, Source):
                 records += list(step.records())
             elif isinstance(step, LLMStep):
@@ -109,8 +111,23 @@ class Pipeline:
 
 
 def _estimate(step: LLMStep, records: list[dict[str, Any]]) -> Estimate:
-    requests = [request for record in records for request in step.estimate_requests(record)]
-    return _priced(step.name, step.resolved_endpoint(), requests, len(requests))
+    per_record = [step.estimate_requests(record) for record in records]
+    requests = [request for asked in per_record for request in asked]
+    estimate = _priced(step.name, step.resolved_endpoint(), requests, len(requests))
+    if type(step).decide is LLMStep.decide:
+        return _batched(estimate, step.resolved_endpoint(), "single", len(requests))
+    return _batched(estimate, step.resolved_endpoint(), "staged", max(map(len, per_record), default=0))
+
+
+def _batched(estimate: Estimate, endpoint: EndpointOptions, kind: str, requests: int) -> Estimate:
+    """With --batch, the estimate says how the requests go out and is priced at the batch price."""
+    if not endpoint.batch:
+        return estimate
+    from distillery.batch import batch_plan
+    from distillery.cost import BATCH_PRICE_FACTOR
+
+    return replace(estimate, cost_usd=estimate.cost_usd * BATCH_PRICE_FACTOR,
+                               batch=batch_plan(kind, requests, endpoint))
 
 
 def _priced(step: str, endpoint: EndpointOptions, samples: list[ChatRequest], count: int) -> Estimate:

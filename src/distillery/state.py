@@ -59,7 +59,7 @@ class RunState:
         """--fresh: every answer, journal entry and finished step of this run is forgotten."""
         with self.connection:
             self.connection.execute("BEGIN")
-            for table in ("responses", "journal", "steps"):
+            for table in ("responses", "journal", "steps", "batches", "batch_requests"):
                 self.connection.execute(f"DELETE FROM {table}")
 
     # --- journal: records a step accepted, committed one by one -----------------------------------------

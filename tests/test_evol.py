@@ -439,7 +439,7 @@ def test_failed_requests_go_aside_exit_3_and_the_parent_is_tried_again(fake_serv
     assert done.returncode == 3 and "1 evolution(s) failed" in done.stderr
     failed = read_out(tmp_path / "evolved.json.failed.jsonl")
     assert [(f["round"], f["root"]) for f in failed] == [(1, "Item 1: describe topic 1.")]
-    assert "HTTP 500" in failed[0]["error"]
+    assert failed[0]["reason"] == "request_failed" and "HTTP 500" in failed[0]["detail"]
     retried = [r for r in json.loads(out.read_text()) if r["evol"]["root"].startswith("Item 1:")]
     assert [(r["evol"]["round"], r["evol"]["parent"]) for r in retried] == [(2, "Item 1: describe topic 1.")]
     assert not (tmp_path / "evolved.json.rejected.jsonl").exists()

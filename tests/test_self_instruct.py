@@ -372,7 +372,7 @@ def test_a_refused_request_after_answered_ones_is_recorded_and_the_run_goes_on(f
     assert done.returncode == 0 and "1 request(s) failed after retries" in done.stderr
     assert len(read_output(out)) == 30
     (failed,) = [json.loads(line) for line in Path(f"{out}.failed.jsonl").read_text().splitlines()]
-    assert failed["source_request"] == 2 and "HTTP 404" in failed["error"]
+    assert failed["record"]["source_request"] == 2 and "HTTP 404" in failed["detail"]
     assert json.loads(Path(f"{out}.summary.json").read_text())["failed_requests"] == 1
 
 

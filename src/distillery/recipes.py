@@ -169,8 +169,12 @@ class SelfInstruct(LLMSource):
             self.drop(record, reason, {"stage": stage, "detail": record.pop("detail", None)})
         for failure in made.failed:
             self.drop(failure, "request_failed", failure.get("error"))
+        for name in ("parsed", "parse_failures", "unused"):
+            self.stats.notes[name] += sum(entry[name] for entry in made.processed)
+        self.stats.notes["responses"] += len(made.processed)
         if made.stopped and not self.context.stopped:
             self.context.stopped = None
+            self.context.unfinished = made.stopped
             self.context.incomplete = True
             self.complete = False
             self.stats.notes["stopped_early"] += 1

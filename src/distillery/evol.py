@@ -283,8 +283,9 @@ class Attempt:
         return {"instruction": self.instruction, "input": "", "output": self.output or "", "evol": lineage}
 
     def rejection(self) -> dict[str, Any]:
-        return {"rule": self.rule, "round": self.round, "method": self.method, "detail": self.detail,
-                "instruction": self.instruction, "output": self.output, "parent": self.parent, "root": self.root}
+        """The attempt as a rejected record; its rule and detail travel in the rejection around it."""
+        return {"round": self.round, "method": self.method, "instruction": self.instruction, "output": self.output,
+                "parent": self.parent, "root": self.root}
 
 
 @dataclass

@@ -5,7 +5,8 @@ the state file beside OUTPUT (`cache.state_path`, so the same command resumes af
 bound to it, OUTPUT written atomically, dropped records in the one rejection schema (`summary.rejection`)
 in OUTPUT.rejected.jsonl (or `--rejected`), records whose requests failed in OUTPUT.failed.jsonl, and the
 one summary schema in OUTPUT.summary.json. Commands whose recipe streams a file (`clean`, `dedup`,
-`convert`, `export`) write their rejections in the same schema and their summary through `write_summary`.
+`convert`, `export`) write their rejections in the same schema and their summary through
+`summary.write_summary`.
 """
 
 from __future__ import annotations
@@ -26,20 +27,9 @@ from distillery.llm import EndpointOptions, exit_status
 from distillery.llm_step import LLMSource, LLMStep
 from distillery.state import RunState
 from distillery.step import Context, Record, Step
-from distillery.summary import StageStats, Summary, rejection
+from distillery.summary import rejection, write_summary
 
 REQUEST_FAILED = "request_failed"
-
-
-def summary_path(output: str | Path) -> Path:
-    return sidecar(output, ".summary.json")
-
-
-def write_summary(output: str | Path, stages: list[StageStats], meta: dict[str, Any]) -> Path:
-    """OUTPUT.summary.json in the one summary schema, so `report` reads any command's run like a pipeline's."""
-    path = summary_path(output)
-    Summary(stages, meta).write(path)
-    return path
 
 
 @dataclass

@@ -256,9 +256,8 @@ class Clean(FileStep):
         for stage in report.stages:
             for name, count in stage["notes"].items():
                 self.stats.notes[f"{stage['stage']}.{name}"] += count
-        for record in stored_records(rejected):
-            stage, reason = record.pop("stage"), record.pop("reason")
-            self.drop(record, reason, {"stage": stage})
+        for dropped in stored_records(rejected):
+            self.drop(dropped["record"], dropped["reason"], {"stage": dropped["stage"]})
         yield from stored_records(output)
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from distillery.errors import InputError
-from distillery.io import read_text, write_json
+from distillery.io import read_text, sidecar, write_json
 
 Record = dict[str, Any]
 SCHEMA = "distillery.summary/1"
@@ -124,3 +124,10 @@ class Summary:
         except json.JSONDecodeError as exc:
             raise InputError(path, f"not a JSON run summary: {exc}") from None
         return cls.from_dict(doc, path)
+
+
+def write_summary(output: str | Path, stages: list[StageStats], meta: dict[str, Any]) -> Path:
+    """OUTPUT.summary.json in the one schema, so `report` reads a command's summary like a pipeline's."""
+    path = sidecar(output, ".summary.json")
+    Summary(stages, meta).write(path)
+    return path

@@ -294,8 +294,7 @@ class Dedup(GlobalStep):
             if not found:
                 raise UserError(f"{self.name}.against_seeds: no earlier step of this pipeline made records from seeds")
             pool += pool_texts(found, o.field)
-        yield from dedup_records(records, pool, options, lambda dup: self.drop(
-            dup.record, dup.reason, {"score": dup.score, "most_similar": dup.most_similar}))
+        yield from dedup_records(records, pool, options, lambda dup: self.drop(dup.record, dup.reason, dup.detail))
 
 
 # --- convert -----------------------------------------------------------------------------------------------

@@ -185,8 +185,9 @@ def test_skip_invalid_writes_the_rest_and_explains_the_rejects(tmp_path):
     rejected = read_records(tmp_path / "a.jsonl.rejected.jsonl")
     assert result.records == 300 and len(written) + len(rejected) == 300
     assert len(written) == result.written > 100
-    assert all(r["reason"].startswith("cannot be Alpaca") for r in rejected)
-    assert rejected[0]["where"].endswith("(record 1)")
+    assert all((r["stage"], r["reason"]) == ("convert", "unconvertible") for r in rejected)
+    assert all(r["detail"]["problem"].startswith("cannot be Alpaca") for r in rejected)
+    assert rejected[0]["detail"]["where"].endswith("(record 1)")
     assert rejected[0]["record"] == json.loads(GLAIVE.read_text(encoding="utf-8"))[0]
     assert all("tools" in r for r in written), "tools survive as an Alpaca column"
 

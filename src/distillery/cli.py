@@ -26,6 +26,7 @@ from distillery.evol_options import SAMPLING as EVOL_SAMPLING
 from distillery.evol_options import EvolSettings
 from distillery.io import check_paths
 from distillery.progress import plain_console
+from distillery.summary import write_summary
 
 
 class _HelpTable(Table):
@@ -289,6 +290,9 @@ def convert(
 
     result = convert_file(input, output, ConvertOptions(
         to=to, skip_invalid=skip_invalid, rejected=rejected, dataset_info=dataset_info, name=name))
+    summary = write_summary(output, [result.stage()], {
+        "command": "convert", "input": str(input), "output": str(output), "to": result.to,
+        "formats": dict(result.formats), "rejected": str(result.rejected_path) if result.rejected_path else None})
     rows: list[tuple[str, object]] = [
         ("records read", result.records),
         ("input formats", ", ".join(f"{k} {v}" for k, v in result.formats.most_common())),
@@ -297,6 +301,7 @@ def convert(
     ]
     if result.dataset_info:
         rows.append(("dataset_info.json", f"{result.dataset_info} [{result.entry_name}]"))
+    rows.append(("summary", summary))
     print_run_summary(f"convert → {output} ({result.to})", rows)
 
 
@@ -336,6 +341,9 @@ def export(
             table.add_row(failure.where, str(failure.turn or ""), failure.reason, repr(failure.decoded or ""))
         err_console.print(table)
         raise
+    summary = write_summary(output, [result.stage()], {
+        "command": "export", "input": str(input), "output": str(output), "template": result.template,
+        "tokenizer": tokenizer, "rejected": str(result.rejected) if result.rejected else None})
     print_run_summary(f"export → {output} ({result.template})", [
         ("records read", result.records),
         ("examples written", result.written),
@@ -345,6 +353,7 @@ def export(
         ("reasons for every left-out record", result.rejected or "-"),
         ("skipped (failed self-check)", f"{result.invalid} → {result.rejected}" if result.invalid else 0),
         ("tokens / trained tokens", f"{result.tokens:,} / {result.trained_tokens:,}"),
+        ("summary", summary),
     ])
 
 

@@ -109,8 +109,10 @@ class Summary:
 
     @classmethod
     def from_dict(cls, doc: Any, where: str | Path = "summary") -> Summary:
-        if not isinstance(doc, dict) or doc.get("schema") != SCHEMA or not isinstance(doc.get("stages"), list):
-            raise InputError(where, f"not a distillery run summary (expected \"schema\": \"{SCHEMA}\")")
+        if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
+            raise InputError(where, f"not a distillery summary (no \"schema\": \"{SCHEMA}\")")
+        if not isinstance(doc.get("stages"), list):
+            raise InputError(where, "not a distillery summary (no list of \"stages\")")
         meta = {k: v for k, v in doc.items() if k not in ("schema", "totals", "stages")}
         try:
             return cls([StageStats.from_dict(stage) for stage in doc["stages"]], meta)

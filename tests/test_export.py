@@ -21,6 +21,7 @@ from distillery.export import (
     export_file,
 )
 from distillery.io import read_records
+from distillery.summary import Summary
 from distillery.tokens import load_tokenizer
 
 TRICKY = [
@@ -163,6 +164,8 @@ def test_cli_export_of_fastchat_data_to_parquet(tmp_path):
                    "--tokenizer", str(tokenizer_dir), "--template", "vicuna_v1.1")
     assert done.returncode == 0, done.stderr
     assert "examples written" in done.stdout
+    (stage,) = Summary.read(f"{out}.summary.json").stages
+    assert (stage.stage, stage.seen, stage.kept, stage.notes["trained_tokens"] > 0) == ("export", 500, 500, True)
     table = pq.read_table(out)
     assert table.schema.names == ["input_ids", "attention_mask", "labels"]
     rows = table.to_pylist()

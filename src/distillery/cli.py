@@ -24,7 +24,7 @@ from distillery.endpoint import EndpointOptions
 from distillery.errors import INTERRUPTED, UserError
 from distillery.evol_options import SAMPLING as EVOL_SAMPLING
 from distillery.evol_options import EvolSettings
-from distillery.io import check_paths
+from distillery.io import check_paths, sidecar
 from distillery.progress import plain_console
 from distillery.summary import write_summary
 
@@ -535,7 +535,8 @@ def dedup(
         help="rouge-l: exact Self-Instruct rule; minhash: approximate, for millions; exact: repeated "
              "text after folding case and whitespace.")] = "rouge-l",
     rejected: Annotated[Path | None, typer.Option(
-        metavar="FILE", help="Write each dropped record here with its score and most similar text.")] = None,
+        metavar="FILE", help="Where each dropped record goes, with its score and most similar text (default: "
+                             "OUTPUT.rejected.jsonl).")] = None,
 ) -> None:
     """Drop near-duplicate instructions: Self-Instruct's ROUGE-L rule, exact, fast and right for Chinese."""
     check_paths([input, *(against or [])], [output, rejected])
@@ -546,9 +547,9 @@ def dedup(
     rule = "repeated text" if options.cutoff is None else f"{method} > {options.cutoff:g}"
     rows: list[tuple[str, object]] = [("records in", summary.seen), ("pool (--against)", summary.pool),
                                       ("kept", summary.kept), (f"dropped ({rule})", summary.dropped)]
-    if rejected is not None:
-        rows.append(("rejected", rejected))
-    rows.append(("time", f"{summary.seconds:.2f} s"))
+    if summary.dropped:
+        rows.append(("rejected", rejected or sidecar(output, ".rejected.jsonl")))
+    rows += [("summary", sidecar(output, ".summary.json")), ("time", f"{summary.seconds:.2f} s")]
     print_run_summary(f"dedup → {output}", rows)
 
 

@@ -321,15 +321,17 @@ class Convert(Map):
         self.number = 0
 
     def map(self, record: Record) -> Iterable[Record]:
+        from distillery.convert import UNCONVERTIBLE
         from distillery.formats import convert_record
 
         self.number += 1
+        where = f"{self.name} record {self.number}"
         try:
-            return [convert_record(record, self.options.to, f"{self.name} record {self.number}")]
+            return [convert_record(record, self.options.to, where)]
         except InputError as exc:
             if not self.options.skip_invalid:
                 raise
-            self.drop(record, "unconvertible", str(exc))
+            self.drop(record, UNCONVERTIBLE, {"where": where, "problem": str(exc).removeprefix(f"{where}: ")})
             return []
 
 

@@ -215,7 +215,7 @@ def respond(
     print_run_summary(
         f"respond → {output}",
         [("records written", result.written), ("failed", result.failed), ("summary", result.summary_path)],
-        result.llm,
+        result.stats,
     )
     _finish(result, output, "record")
 
@@ -514,7 +514,7 @@ def evol(
     rows += [(f"rejected: {rule}", count) for rule, count in result.rules.items()]
     rows += [("failed requests", result.failed), ("replayed from the journal", result.replayed),
              ("summary", result.summary_path)]
-    print_run_summary(f"evol → {output}", rows, result.llm)
+    print_run_summary(f"evol → {output}", rows, result.stats)
     _finish(result, output, "evolution")
 
 
@@ -613,7 +613,7 @@ def self_instruct(
     print_run_summary(
         f"self-instruct → {output}",
         [("tasks written", result.written), ("rejected", result.rejected), ("summary", result.summary_path)],
-        result.llm,
+        result.stats,
     )
     if result.failed:
         err_console.print(f"{result.failed} request(s) failed after retries; see {result.failed_path}",

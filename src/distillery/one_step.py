@@ -44,7 +44,7 @@ class StepRun:
     failed: int
     stopped: str | None
     incomplete: bool
-    llm: RunStats | None
+    stats: RunStats | None  # the endpoint's counts (retries too); None for a step that asks no model
     budget: bool = False
     pending: int = 0
 

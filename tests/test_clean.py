@@ -33,6 +33,7 @@ from distillery.clean import (
 from distillery.cli import app
 from distillery.errors import UserError
 from distillery.html2md import clean_turn
+from distillery.summary import Summary
 from distillery.tokens import TokenCounter, load_tokenizer
 
 SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "sharegpt_raw.json"
@@ -73,7 +74,7 @@ def sample_run(tmp_path_factory):
                    "--skip-lang", "ko", "--max-tokens", "1024", timeout=300)
     assert done.returncode == 0, done.stderr
     rejected = read_any(Path(f"{out}.rejected.jsonl"))
-    summary = json.loads(Path(f"{out}.summary.json").read_text(encoding="utf-8"))
+    summary = Summary.read(Path(f"{out}.summary.json")).as_dict()
     return {"stdout": done.stdout, "out": read_any(out), "rejected": rejected, "summary": summary}
 
 
@@ -105,7 +106,7 @@ def test_sample_every_conversation_accounted_for_with_its_reason(sample_run):
     raw = json.loads(SAMPLE.read_text(encoding="utf-8"))
     input_ids = [r["id"] for r in raw]
     out_sources = [source_id(r["id"], set(input_ids)) for r in sample_run["out"]]
-    reasons = {(r["id"], r["stage"], r["reason"]) for r in sample_run["rejected"]}
+    reasons = {(r["record"]["id"], r["stage"], r["reason"]) for r in sample_run["rejected"]}
     assert reasons == {
         ("Rf5uA8k", "content", "refusal"),
         ("Mr4lQ8u", "content", "refusal"),
@@ -118,8 +119,9 @@ def test_sample_every_conversation_accounted_for_with_its_reason(sample_run):
         ("Wn2hD8f", "dedup", "duplicate_first_round"),
         ("Lm3dQ9z", "dedup", "duplicate_id"),
     }
-    assert next(r for r in sample_run["rejected"] if r["id"] == "Wn2hD8f")["duplicate_of"] == "q7XkP2a"
-    accounted = set(out_sources) | {r["id"] for r in sample_run["rejected"]}
+    assert next(r for r in sample_run["rejected"] if r["record"]["id"] == "Wn2hD8f")["record"]["duplicate_of"] == \
+        "q7XkP2a"
+    accounted = set(out_sources) | {r["record"]["id"] for r in sample_run["rejected"]}
     assert accounted == set(input_ids)
     # output keeps input order, also across chunks finished by different workers
     assert out_sources == sorted(out_sources, key=input_ids.index)
@@ -155,7 +157,8 @@ def test_sample_summary_counts_every_stage(sample_run):
         assert after["in"] == before["out"]
         if after["stage"] != "split":
             assert after["in"] - after["out"] == sum(after["dropped"].values())
-    assert sample_run["summary"]["rejected_count"] == len(sample_run["rejected"])
+    assert sum(sum(s["dropped"].values()) for s in flow) == len(sample_run["rejected"])
+    assert sample_run["summary"]["command"] == "clean" and sample_run["summary"]["workers"] == 2
     assert "duplicate_first_round" in sample_run["stdout"] and "language_skipped" in sample_run["stdout"]
 
 
@@ -170,7 +173,8 @@ def test_lang_keeps_only_the_listed_languages(tmp_path):
     report = clean(SAMPLE, out, CleanOptions(workers=1, langs=("en", "zh")))
     kept = read_any(out)
     assert {r["lang"] for r in kept} == {"en", "zh"}
-    dropped = {r["id"]: r for r in read_any(Path(report.rejected)) if r["reason"] == "language_not_kept"}
+    dropped = {r["record"]["id"]: r["record"] for r in read_any(Path(report.rejected))
+               if r["reason"] == "language_not_kept"}
     assert {"Ko2sN7e", "Ko9fH3d", "Es6mC9p"} <= set(dropped)
     assert all(r["lang"] not in ("en", "zh") for r in dropped.values())
 
@@ -497,7 +501,7 @@ def test_conversations_naming_openai_or_chatgpt_are_dropped_as_fastchat_drops_th
     original = json.loads(source.read_text(encoding="utf-8"))
     report = clean(source, tmp_path / "dummy.jsonl", CleanOptions(workers=1))
     rejected = read_any(Path(report.rejected))
-    dropped = {r["id"] for r in rejected if r["reason"] == "openai_mention"}
+    dropped = {r["record"]["id"] for r in rejected if r["reason"] == "openai_mention"}
     assert dropped == {r["id"] for r in original if mentions_openai(r)} and len(dropped) == 60
     assert all(r["stage"] == "content" for r in rejected if r["reason"] == "openai_mention")
     assert len(read_any(tmp_path / "dummy.jsonl")) == 294  # 334 without the filter, 40 of them mention it
@@ -516,7 +520,7 @@ def test_openai_filter_and_plugins_filter_can_be_turned_off(tmp_path):
     source = tmp_path / "raw.json"
     source.write_text(json.dumps(records), encoding="utf-8")
     report = clean(source, tmp_path / "on.jsonl", CleanOptions(workers=1))
-    reasons = {r["id"]: r["reason"] for r in read_any(Path(report.rejected))}
+    reasons = {r["record"]["id"]: r["reason"] for r in read_any(Path(report.rejected))}
     assert reasons == {"o": "openai_mention", "p": "plugins", "m": "plugins"}
     assert [r["id"] for r in read_any(tmp_path / "on.jsonl")] == ["k"]
     result = run_cli("clean", str(source), "-o", str(tmp_path / "off.jsonl"), "--workers", "1",

@@ -17,6 +17,8 @@ from conftest import cli_env, cli_exe, run_cli
 from fake_openai import Reply
 from tiny_tokenizer import build_tiny_tokenizer
 
+from distillery.summary import Summary
+
 GOOD = {"instruction": "Name three primary colors.", "input": "", "output": "Red, blue and yellow."}
 COMMANDS = ["respond", "self-instruct", "evol", "clean", "dedup", "convert", "export", "stats", "report"]
 
@@ -255,15 +257,15 @@ def test_interrupt_mid_run_says_what_was_kept_and_how_to_resume(fake_server, tmp
     name = signal.Signals(signum).name
     assert lines[0].startswith(f"interrupted by {name}: ") and lines[0].endswith("Resume with: distillery "
                                                                                     + " ".join(args)), stderr
-    summary = json.loads((tmp_path / "out.json.summary.json").read_text())
-    assert summary["stopped"] == "interrupted"
+    summary = Summary.read(tmp_path / "out.json.summary.json")
+    assert summary.meta["stopped"] == "interrupted"
     if command == "respond":
         sent = len(fake_server.requests)
         fake_server.latency = 0
         done = run_cli(*args, env=cli_env(fake_server))
         assert done.returncode == 0, done.stderr
         assert len(json.loads(out.read_text())) == 200
-        assert len(fake_server.requests) - sent <= 200 - summary["records_written"]
+        assert len(fake_server.requests) - sent <= 200 - summary.stages[0].kept
 
 
 def opened(pid: int, path: Path) -> bool:

@@ -13,6 +13,7 @@ from conftest import ANCHORS, run_cli
 from distillery.convert import OPENAI_TAGS, ConvertOptions, convert_file
 from distillery.errors import InputError, UserError
 from distillery.io import read_records
+from distillery.summary import Summary
 
 ALPACA_ZH = ANCHORS / "llamafactory_alpaca_zh_demo.json"
 GLAIVE = ANCHORS / "llamafactory_glaive_toolcall_zh_demo.json"
@@ -185,8 +186,9 @@ def test_skip_invalid_writes_the_rest_and_explains_the_rejects(tmp_path):
     rejected = read_records(tmp_path / "a.jsonl.rejected.jsonl")
     assert result.records == 300 and len(written) + len(rejected) == 300
     assert len(written) == result.written > 100
-    assert all(r["reason"].startswith("cannot be Alpaca") for r in rejected)
-    assert rejected[0]["where"].endswith("(record 1)")
+    assert all((r["stage"], r["reason"]) == ("convert", "unconvertible") for r in rejected)
+    assert all(r["detail"]["problem"].startswith("cannot be Alpaca") for r in rejected)
+    assert rejected[0]["detail"]["where"].endswith("(record 1)")
     assert rejected[0]["record"] == json.loads(GLAIVE.read_text(encoding="utf-8"))[0]
     assert all("tools" in r for r in written), "tools survive as an Alpaca column"
 
@@ -221,6 +223,19 @@ def test_mixed_formats_in_one_file_convert_record_by_record(tmp_path):
     result = convert_file(source, tmp_path / "out.json", ConvertOptions(to="alpaca"))
     assert dict(result.formats) == {"alpaca": 1, "sharegpt": 1, "openai": 1}
     assert read_records(tmp_path / "out.json") == [records[0]] * 3
+
+
+def test_cli_writes_the_one_summary_schema(tmp_path):
+    source = tmp_path / "mixed.jsonl"
+    records = [{"instruction": "a", "input": "", "output": "b"},
+               {"conversations": [{"from": "human", "value": "a"}, {"from": "gpt", "value": "b"}]}]
+    source.write_text("".join(json.dumps(r) + "\n" for r in records))
+    done = run_cli("convert", str(source), "-o", str(tmp_path / "out.jsonl"), "--to", "openai")
+    assert done.returncode == 0, done.stderr
+    summary = Summary.read(tmp_path / "out.jsonl.summary.json")
+    assert [(s.stage, s.seen, s.kept, dict(s.dropped)) for s in summary.stages] == [("convert", 2, 2, {})]
+    assert summary.meta["command"] == "convert" and summary.meta["formats"] == {"alpaca": 1, "sharegpt": 1}
+    assert not (tmp_path / "out.jsonl.rejected.jsonl").exists()
 
 
 def test_bad_options_are_user_errors(tmp_path):

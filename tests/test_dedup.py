@@ -26,6 +26,7 @@ from distillery.dedup import (
     tokenize,
 )
 from distillery.errors import InputError, UserError
+from distillery.summary import Summary
 
 SEEDS = ANCHORS / "alpaca_seed_tasks.jsonl"
 SCORER = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
@@ -406,8 +407,12 @@ def test_cli_keeps_records_unchanged_in_order_and_writes_rejected(tmp_path):
     assert kept == [RECORDS[0], RECORDS[2], RECORDS[3], RECORDS[5]]
     dropped = [json.loads(line) for line in rejected.read_text(encoding="utf-8").splitlines()]
     assert [row["record"] for row in dropped] == [RECORDS[1], RECORDS[4]]
-    assert dropped[0]["most_similar"] == RECORDS[0]["instruction"] and dropped[0]["score"] == 1.0
-    assert dropped[1]["where"] == f"{source}:5" and dropped[1]["score"] == pytest.approx(8 / 9)
+    assert dropped[0]["detail"]["most_similar"] == RECORDS[0]["instruction"] and dropped[0]["detail"]["score"] == 1.0
+    assert dropped[1]["detail"]["where"] == f"{source}:5" and dropped[1]["detail"]["score"] == pytest.approx(8 / 9)
+    summary = Summary.read(f"{out}.summary.json")
+    assert [(s.stage, s.seen, s.kept, dict(s.dropped)) for s in summary.stages] == [
+        ("dedup", 6, 4, {"near_duplicate": 2})]
+    assert summary.meta["pool"] == 175 and summary.meta["rejected"] == str(rejected)
     assert {(row["stage"], row["reason"]) for row in dropped} == {("dedup", "near_duplicate")}
     assert "kept" in done.stdout and "dropped (rouge-l > 0.7)" in done.stdout and "175" in done.stdout
 

@@ -31,6 +31,7 @@ from distillery.evol import (
     strip_leaked_header,
     word_count,
 )
+from distillery.summary import Summary
 
 SEED = 11
 EVOLVE_MARKERS = {
@@ -322,27 +323,29 @@ def test_poison_never_reaches_output_and_every_rule_is_logged(fake_server, tmp_p
     assert header["instruction"] == "Item 5: describe topic 5. +r1"
 
     rejected = read_out(tmp_path / "evolved.jsonl.rejected.jsonl")
-    by_item = {int(re.search(r"\d+", r["root"]).group()): r for r in rejected}
-    assert len(rejected) == 10 and all(r["round"] == 1 and r["method"] in METHODS for r in rejected)
+    by_item = {int(re.search(r"\d+", r["record"]["root"]).group()): r for r in rejected}
+    assert len(rejected) == 10 and all(r["record"]["round"] == 1 and r["record"]["method"] in METHODS
+                                       and r["stage"] == "evol" for r in rejected)
     expected = {0: "no_information_gain", 1: "copied_prompt_markers", 2: "sorry_short_answer",
                 3: "answer_only_punctuation_stopwords", 4: "no_information_gain"}
-    assert {item: r["rule"] for item, r in by_item.items()} == {i: expected[i % 6] for i in by_item}
+    assert {item: r["reason"] for item, r in by_item.items()} == {i: expected[i % 6] for i in by_item}
     assert by_item[0]["detail"] == "same as the parent" and by_item[4]["detail"] == "judge: Equal"
-    assert by_item[2]["output"] == "Sorry, I cannot do that." and by_item[3]["output"] == "..."
+    assert by_item[2]["record"]["output"] == "Sorry, I cannot do that." and by_item[3]["record"]["output"] == "..."
 
-    summary = json.loads((tmp_path / "evolved.jsonl.summary.json").read_text())
-    assert [(r["round"], r["in"], r["out"], r["pass_rate"]) for r in summary["per_round"]] == [
+    summary = Summary.read(tmp_path / "evolved.jsonl.summary.json")
+    meta, (stage,) = summary.meta, summary.stages
+    assert [(r["round"], r["in"], r["out"], r["pass_rate"]) for r in meta["per_round"]] == [
         (1, 12, 2, round(2 / 12, 4)), (2, 12, 12, 1.0), (3, 12, 12, 1.0)]
-    assert summary["per_round"][0]["dropped"] == {"no_information_gain": 4, "copied_prompt_markers": 2,
-                                                  "sorry_short_answer": 2, "answer_only_punctuation_stopwords": 2}
-    assert summary["rejected"] == summary["per_round"][0]["dropped"]
-    assert sum(m["in"] for m in summary["per_method"].values()) == 36
-    assert sum(m["out"] for m in summary["per_method"].values()) == 26
-    assert summary["records_written"] == 38 and summary["evolved"] == 26
-    assert summary["salvaged"] == 6, "items 5 and 11 kept in each round after their leaked header was stripped"
+    assert meta["per_round"][0]["dropped"] == {"no_information_gain": 4, "copied_prompt_markers": 2,
+                                               "sorry_short_answer": 2, "answer_only_punctuation_stopwords": 2}
+    assert stage.dropped == meta["per_round"][0]["dropped"]
+    assert sum(m["in"] for m in meta["per_method"].values()) == 36
+    assert sum(m["out"] for m in meta["per_method"].values()) == 26
+    assert (stage.seen, stage.kept, stage.notes["evolved"]) == (12, 38, 26)
+    assert stage.notes["salvaged"] == 6, "items 5 and 11 kept in each round after their leaked header was stripped"
     # evolve 36; judge for all but the 4 caught by cheap checks; answers for all the judge let through
-    assert summary["requests"]["sent"] == len(fake_server.requests) == 36 + 32 + 30
-    assert summary["requests"]["prompt_tokens"] > 0
+    assert stage.sent == len(fake_server.requests) == 36 + 32 + 30
+    assert stage.prompt_tokens > 0
     assert "round 1 passed" in done.stdout and "2 / 12 (17%)" in done.stdout
     assert "rejected: no_information_gain" in done.stdout
     assert "kept after stripping a leaked header" in done.stdout
@@ -382,10 +385,10 @@ def test_chinese_path_uses_chinese_templates_and_rules(fake_server, tmp_path):
         assert record["output"].startswith("A full answer")
     assert records[0]["instruction"] == "第5项：介绍主题5。 +r1", "the Chinese header was stripped"
     rejected = read_out(tmp_path / "evolved.json.rejected.jsonl")
-    assert sorted(r["rule"] for r in rejected) == ["answer_only_punctuation_stopwords", "copied_prompt_markers",
+    assert sorted(r["reason"] for r in rejected) == ["answer_only_punctuation_stopwords", "copied_prompt_markers",
                                                    "no_information_gain", "no_information_gain",
                                                    "sorry_short_answer"]
-    assert {r["detail"] for r in rejected if r["rule"] == "no_information_gain"} == {"same as the parent",
+    assert {r["detail"] for r in rejected if r["reason"] == "no_information_gain"} == {"same as the parent",
                                                                                      "judge: 相同"}
 
 
@@ -418,8 +421,8 @@ def test_answer_model_and_system_answer_while_the_main_model_evolves_and_judges(
         if kind == "judge":
             assert body["temperature"] == 0.0
     assert {r["evol"]["method"] for r in read_out(out)} <= {"constraints", "reasoning"}
-    summary = json.loads((tmp_path / "evolved.jsonl.summary.json").read_text())
-    assert summary["answer_model"] == "answerer" and summary["methods"] == ["constraints", "reasoning"]
+    meta = Summary.read(tmp_path / "evolved.jsonl.summary.json").meta
+    assert meta["answer_model"] == "answerer" and meta["methods"] == ["constraints", "reasoning"]
 
 
 def test_failed_requests_go_aside_exit_3_and_the_parent_is_tried_again(fake_server, tmp_path):
@@ -438,8 +441,8 @@ def test_failed_requests_go_aside_exit_3_and_the_parent_is_tried_again(fake_serv
     done = run_cli(*args, env=cli_env(fake_server))
     assert done.returncode == 3 and "1 evolution(s) failed" in done.stderr
     failed = read_out(tmp_path / "evolved.json.failed.jsonl")
-    assert [(f["round"], f["root"]) for f in failed] == [(1, "Item 1: describe topic 1.")]
-    assert "HTTP 500" in failed[0]["error"]
+    assert [(f["record"]["round"], f["record"]["root"]) for f in failed] == [(1, "Item 1: describe topic 1.")]
+    assert failed[0]["reason"] == "request_failed" and "HTTP 500" in failed[0]["detail"]
     retried = [r for r in json.loads(out.read_text()) if r["evol"]["root"].startswith("Item 1:")]
     assert [(r["evol"]["round"], r["evol"]["parent"]) for r in retried] == [(2, "Item 1: describe topic 1.")]
     assert not (tmp_path / "evolved.json.rejected.jsonl").exists()
@@ -469,7 +472,7 @@ def test_kill_9_then_rerun_sends_nothing_twice_and_writes_the_same_output(fake_s
     assert clean.returncode == 0, clean.stderr
     uninterrupted = request_counts(fake_server.requests)
     assert sum(uninterrupted.values()) > 400
-    assert json.loads((tmp_path / "clean.jsonl.summary.json").read_text())["rejected"]["no_information_gain"] > 10
+    assert Summary.read(tmp_path / "clean.jsonl.summary.json").stages[0].dropped["no_information_gain"] > 10
 
     fake_server.requests.clear()
     out = tmp_path / "out.jsonl"
@@ -490,16 +493,16 @@ def test_kill_9_then_rerun_sends_nothing_twice_and_writes_the_same_output(fake_s
     assert out.read_bytes() == (tmp_path / "clean.jsonl").read_bytes()
     rejected = tmp_path / "out.jsonl.rejected.jsonl"
     assert rejected.read_bytes() == (tmp_path / "clean.jsonl.rejected.jsonl").read_bytes()
-    summary = json.loads((tmp_path / "out.jsonl.summary.json").read_text())
-    assert summary["replayed"] > 0 and summary["requests"]["sent"] == len(fake_server.requests) - before
+    stage = Summary.read(tmp_path / "out.jsonl.summary.json").stages[0]
+    assert stage.notes["replayed"] > 0 and stage.sent == len(fake_server.requests) - before
 
     fake_server.requests.clear()
     again = run_cli(*args, env=cli_env(fake_server))
     assert again.returncode == 0 and fake_server.requests == []
     assert out.read_bytes() == (tmp_path / "clean.jsonl").read_bytes()
-    summary = json.loads((tmp_path / "out.jsonl.summary.json").read_text())
-    assert summary["replayed"] == 180 and summary["requests"]["cached"] == sum(uninterrupted.values())
-    assert summary["per_round"] == json.loads((tmp_path / "clean.jsonl.summary.json").read_text())["per_round"]
+    summary = Summary.read(tmp_path / "out.jsonl.summary.json")
+    assert summary.stages[0].notes["replayed"] == 180 and summary.stages[0].cached == sum(uninterrupted.values())
+    assert summary.meta["per_round"] == Summary.read(tmp_path / "clean.jsonl.summary.json").meta["per_round"]
 
 
 def test_budget_stops_cleanly_and_a_rerun_finishes_the_same_output(fake_server, tmp_path):
@@ -518,9 +521,9 @@ def test_budget_stops_cleanly_and_a_rerun_finishes_the_same_output(fake_server, 
     out = tmp_path / "out.json"
     stopped = run_cli(*base, "-o", str(out), "--max-cost", "0.0055", env=cli_env(fake_server))
     assert stopped.returncode == 4 and "--max-cost" in stopped.stderr and "pending" in stopped.stderr
-    summary = json.loads((tmp_path / "out.json.summary.json").read_text())
-    assert summary["stopped"] and summary["pending"] > 0
-    assert len(json.loads(out.read_text())) == summary["evolved"] < 10
+    summary = Summary.read(tmp_path / "out.json.summary.json")
+    assert summary.meta["stopped"] and summary.meta["pending"] > 0
+    assert len(json.loads(out.read_text())) == summary.stages[0].notes["evolved"] < 10
     finished = run_cli(*base, "-o", str(out), env=cli_env(fake_server))
     assert finished.returncode == 0, finished.stderr
     assert out.read_bytes() == (tmp_path / "reference.json").read_bytes()

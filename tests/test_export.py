@@ -21,6 +21,7 @@ from distillery.export import (
     export_file,
 )
 from distillery.io import read_records
+from distillery.summary import Summary
 from distillery.tokens import load_tokenizer
 
 TRICKY = [
@@ -163,6 +164,8 @@ def test_cli_export_of_fastchat_data_to_parquet(tmp_path):
                    "--tokenizer", str(tokenizer_dir), "--template", "vicuna_v1.1")
     assert done.returncode == 0, done.stderr
     assert "examples written" in done.stdout
+    (stage,) = Summary.read(f"{out}.summary.json").stages
+    assert (stage.stage, stage.seen, stage.kept, stage.notes["trained_tokens"] > 0) == ("export", 500, 500, True)
     table = pq.read_table(out)
     assert table.schema.names == ["input_ids", "attention_mask", "labels"]
     rows = table.to_pylist()
@@ -216,8 +219,8 @@ def test_lossy_tokenizer_fails_the_self_check_with_turn_and_decoded_text(tmp_pat
     assert "'mixed case<|im_end|>'" in done.stderr
     assert not out.exists()
     report = read_records(tmp_path / "out.jsonl.rejected.jsonl")
-    assert [(r["where"].rsplit("/", 1)[-1], r["turn"], r["decoded"]) for r in report] == [
-        ("in.jsonl:2", 2, "mixed case<|im_end|>")]
+    assert [(r["reason"], r["detail"]["where"].rsplit("/", 1)[-1], r["detail"]["turn"], r["detail"]["decoded"])
+            for r in report] == [("failed_self_check", "in.jsonl:2", 2, "mixed case<|im_end|>")]
 
     result = export_file(source, out, ExportOptions(tokenizer=str(tokenizer_dir), template="chatml",
                                                      skip_invalid=True))
@@ -361,8 +364,9 @@ def test_records_with_empty_assistant_turns_are_dropped_with_their_reason(tmp_pa
     result = export_file(source, out, ExportOptions(tokenizer=str(tokenizer_dir), template="chatml"))
     assert (result.records, result.written, result.dropped_empty) == (3, 2, 1)
     rejected = read_records(tmp_path / "out.jsonl.rejected.jsonl")
-    assert [(r["where"], r["reason"]) for r in rejected] == [(f"{source} (record 1)", "empty_assistant")]
-    assert rejected[0]["detail"] == "every assistant turn is empty, so only end-of-turn tokens would be trained"
+    assert [(r["detail"]["where"], r["reason"]) for r in rejected] == [(f"{source} (record 1)", "empty_assistant")]
+    assert rejected[0]["detail"]["problem"] == \
+        "every assistant turn is empty, so only end-of-turn tokens would be trained"
     last = export_file(source, out, ExportOptions(tokenizer=str(tokenizer_dir), template="chatml",
                                                   train_on="last-assistant"))
     assert (last.written, last.dropped_empty) == (1, 2)
@@ -413,5 +417,5 @@ def test_a_huge_turn_is_dropped_before_it_is_tokenized(tmp_path, tokenizers):
                          ExportOptions(tokenizer=str(tokenizer_dir), template="chatml", max_length=64))
     assert (result.written, result.dropped_overlong) == (1, 1)
     rejected = read_records(tmp_path / "out.jsonl.rejected.jsonl")
-    assert [(r["where"], r["reason"]) for r in rejected] == [(f"{source}:1", "overlong")]
-    assert rejected[0]["detail"].endswith("not tokenized")
+    assert [(r["detail"]["where"], r["reason"]) for r in rejected] == [(f"{source}:1", "overlong")]
+    assert rejected[0]["detail"]["problem"].endswith("not tokenized")

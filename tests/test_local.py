@@ -22,6 +22,7 @@ from conftest import cli_env, cli_exe, run_cli
 from distillery import cli, local
 from distillery.endpoint import EndpointOptions
 from distillery.errors import UserError
+from distillery.summary import Summary
 
 BUILTIN = "builtin:smollm2"
 ENGINE = importlib.util.find_spec("xllamacpp") is not None
@@ -250,8 +251,7 @@ def test_respond_and_evol_on_the_embedded_teacher(tmp_path):
     assert answered.exit_code == 0 and answered.written == 3 and answered.stats.sent == 3
     rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert all(isinstance(row["output"], str) and row["output"] for row in rows)
-    summary = json.loads((tmp_path / "out.jsonl.summary.json").read_text())
-    assert summary["model"] == local.model_identity(MODEL)
+    assert Summary.read(tmp_path / "out.jsonl.summary.json").meta["model"] == local.model_identity(MODEL)
 
     evolved = evol(EvolOptions(_alpaca(tmp_path / "seeds.jsonl", 2), tmp_path / "evol.jsonl",
                                EndpointOptions(local_model=BUILTIN, max_tokens=24, temperature=0.0), rounds=1),
@@ -320,9 +320,9 @@ def test_kill_9_leaves_no_server_and_the_rerun_resends_nothing_answered(tmp_path
     assert 3 <= answered_before < 24
     rerun = run_cli(*args, env=cli_env())
     assert rerun.returncode == 0, rerun.stderr
-    requests = json.loads((tmp_path / "out.jsonl.summary.json").read_text())["requests"]
-    assert requests["cached"] == answered_before
-    assert requests["sent"] == 24 - answered_before
+    (stage,) = Summary.read(tmp_path / "out.jsonl.summary.json").stages
+    assert stage.cached == answered_before
+    assert stage.sent == 24 - answered_before
     assert len(out.read_text().splitlines()) == 24
 
 

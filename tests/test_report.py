@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import ANCHORS, run_cli
+from conftest import ANCHORS, cli_env, run_cli
 from tiny_tokenizer import build_tiny_tokenizer
 
 from distillery import report
 from distillery.dedup import dedup_file, rouge_l, tokenize
 from distillery.errors import InputError, UserError
 from distillery.report import ReportOptions, build_report, collect
+from distillery.summary import StageStats, Summary, rejection
 from distillery.tokens import load_tokenizer
 
 SCRIPT = "<script>window.__pwned = 1; document.title = 'pwned';</script>"
@@ -59,19 +61,15 @@ def inputs(tmp_path: Path) -> tuple[Path, Path]:
     """An Alpaca file with hostile records and a ShareGPT file, both with run sidecars beside them."""
     alpaca = write_json(tmp_path / "alpaca.json", ALPACA)
     sharegpt = write_jsonl(tmp_path / "chat.jsonl", SHAREGPT)
-    (tmp_path / "alpaca.json.summary.json").write_text(json.dumps({
-        "requests": 40, "cost_usd": 0.12,
-        "stages": [
-            {"stage": "parse", "in": 20, "out": 15, "dropped": {"unparseable": 5}},
-            {"stage": "filter", "in": 15, "out": 10, "dropped": {"too short": 2, "blocked <b>phrase</b>": 1,
-                                                                 "keyword": 0}},
-            {"stage": "dedup", "in": 10, "out": 7, "dropped": {"rouge-l > 0.7": 3}},
-        ],
-    }), encoding="utf-8")
+    Summary([
+        StageStats("parse", 20, 15, Counter({"unparseable": 5}), sent=40, cost_usd=0.12),
+        StageStats("filter", 15, 10, Counter({"too short": 2, "blocked <b>phrase</b>": 1})),
+        StageStats("dedup", 10, 7, Counter({"rouge-l > 0.7": 3})),
+    ], {"command": "self-instruct"}).write(tmp_path / "alpaca.json.summary.json")
     write_jsonl(tmp_path / "alpaca.json.rejected.jsonl", [
-        {"instruction": "Write", "output": "", "reason": "too short", "stage": "filter"},
-        {"instruction": "<script>window.__pwned = 4;</script>", "output": "x", "reason": "blocked <b>phrase</b>",
-         "stage": "filter"},
+        rejection("filter", "too short", {"instruction": "Write", "output": ""}),
+        rejection("filter", "blocked <b>phrase</b>", {"instruction": "<script>window.__pwned = 4;</script>",
+                                                      "output": "x"}, "blocked"),
     ])
     return alpaca, sharegpt
 
@@ -123,22 +121,41 @@ def test_rejection_funnel_from_summary(inputs: tuple[Path, Path], tmp_path: Path
     assert ("requests", "40") in rejections.figures and ("cost_usd", "0.12") in rejections.figures
 
 
-def test_rejection_funnel_rebuilt_from_rejected_file(tmp_path: Path) -> None:
-    """No summary: stages in order of first appearance, walked back from the records that survived."""
+def test_rejected_file_alone_gives_examples_and_a_count(tmp_path: Path) -> None:
+    """No summary: no funnel is made up; the rejects give the count dropped and the examples."""
     data = write_json(tmp_path / "kept.json", ALPACA[:3])
     named = write_jsonl(tmp_path / "dropped.jsonl", [
-        {"conversations": [{"from": "human", "value": "hi"}], "reason": "too short", "stage": "structure"},
-        {"record": {"instruction": "Say hello"}, "rule": "copied the prompt", "round": 2},
-        {"instruction": "x", "reason": "too short", "stage": "structure"},
-        {"instruction": "y", "reason": "lang", "stage": "language"},
+        rejection("clean", "too short", {"conversations": [{"from": "human", "value": "hi"}]}, {"stage": "structure"}),
+        rejection("evol", "copied the prompt", {"instruction": "Say hello"}),
+        rejection("clean", "too short", {"instruction": "x"}),
     ])
     options = ReportOptions([data], output=tmp_path / "r.html", rejected=[named], lang_sample=0)
     rejections = collect(options)[0].rejections
-    assert [(s.name, s.seen, s.kept, s.dropped) for s in rejections.stages] == [
-        ("structure", 7, 5, {"too short": 2}), ("round 2", 5, 4, {"copied the prompt": 1}),
-        ("language", 4, 3, {"lang": 1})]
-    assert rejections.examples["too short"] == ["hi", "x"] and rejections.examples["copied the prompt"] == [
-        "Say hello"]
+    assert rejections.stages == [] and rejections.figures == [] and rejections.total == 3
+    assert rejections.examples == {"too short": ["hi", "x"], "copied the prompt": ["Say hello"]}
+
+
+def test_old_shapes_are_refused_with_one_line(tmp_path: Path) -> None:
+    """A summary or rejects file not in the one schema is named, with what is wrong, and nothing is written."""
+    data = write_json(tmp_path / "gen.json", ALPACA[:3])
+    (tmp_path / "gen.json.summary.json").write_text(json.dumps({"accepted": 3, "rejected": {"too similar": 5}}))
+    out = tmp_path / "r.html"
+    done = run_cli("report", str(data), "-o", str(out), "--lang-sample", "0")
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert 'gen.json.summary.json: not a distillery summary (no "schema": "distillery.summary/1")' in \
+        " ".join(done.stderr.split())
+    assert not out.exists()
+
+    (tmp_path / "gen.json.summary.json").unlink()
+    write_jsonl(tmp_path / "gen.json.rejected.jsonl", [
+        rejection("dedup", "near_duplicate", {"instruction": "a"}),
+        {"instruction": "Say hello", "rule": "copied the prompt", "round": 2},
+    ])
+    done = run_cli("report", str(data), "-o", str(out), "--lang-sample", "0")
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert 'gen.json.rejected.jsonl:2: not a distillery rejection (expected {"stage", "reason", "detail", ' \
+           '"record"})' in " ".join(done.stderr.split())
+    assert not out.exists()
 
 
 def test_dedup_rejected_file(tmp_path: Path) -> None:
@@ -153,15 +170,16 @@ def test_dedup_rejected_file(tmp_path: Path) -> None:
     assert rejections.examples["near_duplicate"] == ["Write a poem about the sky", "Write a poem about the seas"]
 
 
-def test_reason_map_summary(tmp_path: Path) -> None:
-    """Self-Instruct style: accepted plus rejected-by-reason counts make a one-stage funnel."""
-    data = write_json(tmp_path / "gen.json", ALPACA[:3])
-    summary = tmp_path / "run.json"
-    summary.write_text(json.dumps({"accepted": 3, "rejected": {"too similar": 5, "blocked word": 2}}))
-    rejections = collect(ReportOptions([data], output=tmp_path / "r.html", summaries=[summary],
-                                       lang_sample=0))[0].rejections
-    assert [(s.name, s.seen, s.kept, s.dropped) for s in rejections.stages] == [
-        ("run", 10, 3, {"too similar": 5, "blocked word": 2})]
+def test_a_command_summary_gives_the_funnel_and_figures(fake_server, tmp_path: Path) -> None:
+    """`respond` writes the one summary beside its output; the report's funnel and figures are read from it."""
+    source = write_json(tmp_path / "in.json", [{"instruction": f"Task {n}"} for n in range(4)])
+    out = tmp_path / "answered.json"
+    done = run_cli("respond", str(source), "-o", str(out), env=cli_env(fake_server))
+    assert done.returncode == 0, done.stderr
+    rejections = collect(ReportOptions([out], output=tmp_path / "r.html", lang_sample=0))[0].rejections
+    assert [(s.name, s.seen, s.kept, s.dropped) for s in rejections.stages] == [("respond", 4, 4, {})]
+    figures = dict(rejections.figures)
+    assert figures["requests"] == "4" and figures["command"] == "respond" and "cost_usd" in figures
 
 
 def test_tokenizer_lengths(inputs: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -12,6 +12,8 @@ import pytest
 from conftest import cli_env, cli_exe, run_cli
 from fake_openai import Reply, user_text
 
+from distillery.summary import Summary
+
 
 def alpaca_file(path, count: int, layout: str = "json"):
     records = [
@@ -37,8 +39,9 @@ def test_answers_every_record_in_order_keeping_fields(fake_server, tmp_path):
     assert written[0]["output"] == "ANSWER: Task number 0\n\nctx"
     assert written[1]["output"] == "ANSWER: Task number 1"
     assert fake_server.requests[0]["messages"][0] == {"role": "system", "content": "Be brief."}
-    summary = json.loads((tmp_path / "out.jsonl.summary.json").read_text())
-    assert summary["records_written"] == 20 and summary["requests"]["sent"] == 20
+    summary = Summary.read(tmp_path / "out.jsonl.summary.json")
+    assert summary.meta["command"] == "respond" and [s.stage for s in summary.stages] == ["respond"]
+    assert summary.stages[0].kept == 20 and summary.stages[0].sent == 20
 
 
 def test_rate_limits_and_server_errors_are_survived(fake_server, tmp_path):
@@ -71,9 +74,10 @@ def test_failed_records_go_aside_with_exit_status_3(fake_server, tmp_path):
     assert "1 record(s) failed" in done.stderr
     assert [r["id"] for r in json.loads(out.read_text())] == [0, 1, 2, 4, 5]
     failed = [json.loads(line) for line in (tmp_path / "out.json.failed.jsonl").read_text().splitlines()]
-    assert failed[0]["id"] == 3 and "HTTP 500" in failed[0]["error"]
-    summary = json.loads((tmp_path / "out.json.summary.json").read_text())
-    assert summary["failed"] == 1 and summary["requests"]["failed"] == 1
+    assert [(f["stage"], f["reason"], f["record"]["id"]) for f in failed] == [("respond", "request_failed", 3)]
+    assert "HTTP 500" in failed[0]["detail"]
+    stage = Summary.read(tmp_path / "out.json.summary.json").stages[0]
+    assert stage.dropped == {"request_failed": 1} and stage.failed == 1
 
 
 def test_kill_9_then_rerun_completes_without_paying_twice(fake_server, tmp_path):
@@ -239,7 +243,7 @@ def test_a_trickling_answer_is_cut_at_timeout_and_the_others_are_written(fake_se
     assert done.returncode == 3, done.stderr
     assert [r["id"] for r in json.loads(out.read_text())] == [0, 1, 3, 4]
     failed = [json.loads(line) for line in (tmp_path / "out.json.failed.jsonl").read_text().splitlines()]
-    assert failed[0]["id"] == 2 and "timed out after 3s" in failed[0]["error"]
+    assert failed[0]["record"]["id"] == 2 and "timed out after 3s" in failed[0]["detail"]
 
 
 def test_an_error_body_that_echoes_the_key_leaks_none_of_it(fake_server, tmp_path):
@@ -283,7 +287,7 @@ def test_max_cost_holds_with_requests_in_flight_and_one_figure_is_reported(fake_
     done = run_cli(command, *inputs, "-o", str(out), "--concurrency", "8", "--price-input", "0",
                    "--price-output", "1", "--max-cost", "0.0105", env=cli_env(fake_server, COLUMNS="400"))
     assert done.returncode == 4, done.stderr
-    spent = json.loads((tmp_path / "out.json.summary.json").read_text())["requests"]["cost_usd"]
+    spent = Summary.read(tmp_path / "out.json.summary.json").cost_usd
     assert 0.0105 <= spent <= 0.0105 + 0.001
     assert len(fake_server.requests) == round(spent / 0.001)
     assert f"--max-cost 0.0105 reached (spent ${spent:.4f})" in " ".join(done.stderr.split())

@@ -40,6 +40,7 @@ from distillery.self_instruct import (
     parse_response,
 )
 from distillery.sql_check import check_sql
+from distillery.summary import Summary
 
 EN_SEEDS = ANCHORS / "alpaca_seed_tasks.jsonl"
 ZH_SEEDS = ANCHORS / "belle_zh_seed_tasks.json"
@@ -211,12 +212,13 @@ def test_english_run_keeps_exactly_num_good_tasks(fake_server, tmp_path):
     assert any(r["input"] == "" for r in records) and any(r["input"] for r in records)
     assert {"near_duplicate", "blocklisted", "too_short", "starts_with_punctuation", "empty_output",
             "truncated"} <= rejected_reasons(out)
-    summary = json.loads((tmp_path / "tasks.json.summary.json").read_text())
-    assert summary["accepted"] == 30 and summary["stopped"] is None
-    assert summary["requests"]["sent"] == len(fake_server.requests)
-    assert sum(summary["rejected"].values()) == len(Path(f"{out}.rejected.jsonl").read_text().splitlines())
-    assert summary["stages"][-1] == {"stage": "dedup", "in": summary["stages"][-1]["in"], "out": 30,
-                                     "dropped": {"near_duplicate": summary["rejected"]["near_duplicate"]}}
+    summary = Summary.read(tmp_path / "tasks.json.summary.json")
+    (stage,) = summary.stages
+    assert summary.meta["command"] == "self-instruct" and summary.meta["stopped"] is None
+    assert stage.stage == "self_instruct" and stage.kept == 30
+    assert stage.sent == len(fake_server.requests)
+    assert sum(stage.dropped.values()) == len(Path(f"{out}.rejected.jsonl").read_text().splitlines())
+    assert stage.dropped["near_duplicate"] > 0
     body = fake_server.requests[0]
     assert body["temperature"] == 1.0 and body["top_p"] == 1.0 and body["max_tokens"] == 3072
     prompt = user_text(body)
@@ -260,7 +262,9 @@ def test_text_to_sql_keeps_only_queries_that_run(fake_server, tmp_path, monkeypa
         assert verdict.ok, (record, verdict.problem)
         assert "```" not in record["output"] and "ILIKE" not in record["output"]
     assert "sql_invalid" in rejected_reasons(out)
-    details = [json.loads(line).get("detail", "") for line in Path(f"{out}.rejected.jsonl").read_text().splitlines()]
+    rejected = [json.loads(line) for line in Path(f"{out}.rejected.jsonl").read_text().splitlines()]
+    assert {r["stage"] for r in rejected} == {"self_instruct"}
+    details = [r["detail"]["detail"] or "" for r in rejected]
     assert any("no such column: area" in d for d in details) and any(d.startswith("schema: ") for d in details)
     prompt = user_text(fake_server.requests[0])
     assert "10. Every task is a text-to-SQL task" in prompt and "CREATE TABLE" in prompt
@@ -333,7 +337,7 @@ def test_budget_stops_cleanly_with_exit_4_and_a_rerun_finishes(fake_server, tmp_
     stopped = run_cli(*base, "--max-cost", "0.0025", env=cli_env(fake_server))
     assert stopped.returncode == 4 and "--max-cost" in stopped.stderr
     assert len(read_output(out)) == 6
-    assert json.loads(Path(f"{out}.summary.json").read_text())["stopped"].startswith("--max-cost")
+    assert Summary.read(Path(f"{out}.summary.json")).meta["stopped"].startswith("--max-cost")
     finished = run_cli(*base, env=cli_env(fake_server))
     assert finished.returncode == 0, finished.stderr
     assert_clean_output(read_output(out), teacher, load_seeds("builtin:zh"), 12)
@@ -347,8 +351,8 @@ def test_a_model_that_never_follows_the_format_stops_after_10_answers(fake_serve
                    "--concurrency", "1", env=cli_env(fake_server))
     assert done.returncode == 3 and "none of the first 10 answers could be parsed" in " ".join(done.stderr.split())
     assert read_output(out) == [] and len(fake_server.requests) == 10
-    summary = json.loads(Path(f"{out}.summary.json").read_text())
-    assert summary["parse_failures"] == summary["responses"] == 10 == summary["rejected"]["unparseable"]
+    stage = Summary.read(Path(f"{out}.summary.json")).stages[0]
+    assert stage.notes["parse_failures"] == stage.notes["responses"] == 10 == stage.dropped["unparseable"]
 
 
 def test_a_model_that_mostly_ignores_the_format_stops_after_10_answers(fake_server, tmp_path):
@@ -385,8 +389,8 @@ def test_a_refused_request_after_answered_ones_is_recorded_and_the_run_goes_on(f
     assert done.returncode == 0 and "1 request(s) failed after retries" in done.stderr
     assert len(read_output(out)) == 30
     (failed,) = [json.loads(line) for line in Path(f"{out}.failed.jsonl").read_text().splitlines()]
-    assert failed["source_request"] == 2 and "HTTP 404" in failed["error"]
-    assert json.loads(Path(f"{out}.summary.json").read_text())["failed_requests"] == 1
+    assert failed["record"]["source_request"] == 2 and "HTTP 404" in failed["detail"]
+    assert Summary.read(Path(f"{out}.summary.json")).stages[0].dropped["request_failed"] == 1
 
 
 def test_an_endpoint_that_refuses_every_request_is_one_clear_error(fake_server, tmp_path):

@@ -35,7 +35,7 @@ from distillery.dedup import ExactIndex, MinHashIndex, normalize
 from distillery.errors import InputError, UserError
 from distillery.executor import cpu_count, ordered_map
 from distillery.html2md import clean_turn
-from distillery.io import iter_located, open_writer, sidecar, write_json
+from distillery.io import iter_located, open_writer, sidecar
 from distillery.langid import (
     DEFAULT_DETECTOR,
     DETECTORS,
@@ -45,7 +45,7 @@ from distillery.langid import (
     needs_heavy_model,
 )
 from distillery.step import Filter, Record, Step, run_steps
-from distillery.summary import StageStats
+from distillery.summary import StageStats, rejection, write_summary
 from distillery.tokens import TokenCounter
 
 HUMAN, GPT, SYSTEM = "human", "gpt", "system"
@@ -189,9 +189,6 @@ class CleanReport:
     seconds: float
     workers: int
     stages: list[dict[str, Any]] = field(default_factory=list)
-
-    def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
 
 
 def stage_summary(stats: StageStats, notes: Counter | None = None) -> dict[str, Any]:
@@ -703,7 +700,6 @@ def clean(input_path: str | os.PathLike[str], output_path: str | os.PathLike[str
     rejected = Path(rejected_path) if rejected_path else sidecar(output, ".rejected.jsonl")
     if rejected.resolve() == output.resolve():
         raise UserError(f"--rejected {rejected} is the same file as the output")
-    summary_path = sidecar(output, ".summary.json")
     if options.tokenizer:
         TokenCounter.from_option(options.tokenizer)  # a bad tokenizer fails here, before any worker starts
     read = StageStats("read")
@@ -723,7 +719,7 @@ def clean(input_path: str | os.PathLike[str], output_path: str | os.PathLike[str
 
         def reject(record: Record, stage: str, reason: str, detail: object = None) -> None:
             record.pop(PLAN_KEY, None)
-            bin_.write({**record, "stage": stage, "reason": reason})
+            bin_.write(rejection(stage, reason, record, detail))
 
         def cleaned() -> Iterator[Record]:
             for result in run_chunks(_chunks(counted(), options.chunk_size), options):
@@ -744,9 +740,12 @@ def clean(input_path: str | os.PathLike[str], output_path: str | os.PathLike[str
     stages += [{**s, "dropped": dict(s["dropped"]), "notes": dict(s["notes"])} for s in worker_stages.values()]
     stages += [stage_summary(step.stats, getattr(step, "notes", None)) for step in parent_steps]
     report = CleanReport(
-        input=str(input_path), output=str(output), rejected=str(rejected), summary=str(summary_path),
+        input=str(input_path), output=str(output), rejected=str(rejected),
+        summary=str(sidecar(output, ".summary.json")),
         records_in=read.seen, records_out=out.count, rejected_count=bin_.count,
         seconds=round(time.perf_counter() - started, 3), workers=options.process_count, stages=stages,
     )
-    write_json(summary_path, report.as_dict())
+    write_summary(output, [StageStats.from_dict(stage) for stage in stages], {
+        "command": "clean", "input": report.input, "output": report.output, "rejected": report.rejected,
+        "workers": report.workers, "seconds": report.seconds})
     return report

@@ -26,8 +26,9 @@ from distillery.endpoint import EndpointOptions
 from distillery.errors import INTERRUPTED, UserError
 from distillery.evol_options import SAMPLING as EVOL_SAMPLING
 from distillery.evol_options import EvolSettings
-from distillery.io import check_paths
+from distillery.io import check_paths, sidecar
 from distillery.progress import plain_console
+from distillery.summary import write_summary
 
 
 class _HelpTable(Table):
@@ -352,6 +353,9 @@ def convert(
 
     result = convert_file(input, output, ConvertOptions(
         to=to, skip_invalid=skip_invalid, rejected=rejected, dataset_info=dataset_info, name=name))
+    summary = write_summary(output, [result.stage()], {
+        "command": "convert", "input": str(input), "output": str(output), "to": result.to,
+        "formats": dict(result.formats), "rejected": str(result.rejected_path) if result.rejected_path else None})
     rows: list[tuple[str, object]] = [
         ("records read", result.records),
         ("input formats", ", ".join(f"{k} {v}" for k, v in result.formats.most_common())),
@@ -360,6 +364,7 @@ def convert(
     ]
     if result.dataset_info:
         rows.append(("dataset_info.json", f"{result.dataset_info} [{result.entry_name}]"))
+    rows.append(("summary", summary))
     print_run_summary(f"convert → {output} ({result.to})", rows)
 
 
@@ -399,6 +404,9 @@ def export(
             table.add_row(failure.where, str(failure.turn or ""), failure.reason, repr(failure.decoded or ""))
         err_console.print(table)
         raise
+    summary = write_summary(output, [result.stage()], {
+        "command": "export", "input": str(input), "output": str(output), "template": result.template,
+        "tokenizer": tokenizer, "rejected": str(result.rejected) if result.rejected else None})
     print_run_summary(f"export → {output} ({result.template})", [
         ("records read", result.records),
         ("examples written", result.written),
@@ -408,6 +416,7 @@ def export(
         ("reasons for every left-out record", result.rejected or "-"),
         ("skipped (failed self-check)", f"{result.invalid} → {result.rejected}" if result.invalid else 0),
         ("tokens / trained tokens", f"{result.tokens:,} / {result.trained_tokens:,}"),
+        ("summary", summary),
     ])
 
 
@@ -675,7 +684,8 @@ def dedup(
         help="rouge-l: exact Self-Instruct rule; minhash: approximate, for millions; exact: repeated "
              "text after folding case and whitespace.")] = "rouge-l",
     rejected: Annotated[Path | None, typer.Option(
-        metavar="FILE", help="Write each dropped record here with its score and most similar text.")] = None,
+        metavar="FILE", help="Where each dropped record goes, with its score and most similar text (default: "
+                             "OUTPUT.rejected.jsonl).")] = None,
 ) -> None:
     """Drop near-duplicate instructions: Self-Instruct's ROUGE-L rule, exact, fast and right for Chinese."""
     check_paths([input, *(against or [])], [output, rejected])
@@ -686,9 +696,9 @@ def dedup(
     rule = "repeated text" if options.cutoff is None else f"{method} > {options.cutoff:g}"
     rows: list[tuple[str, object]] = [("records in", summary.seen), ("pool (--against)", summary.pool),
                                       ("kept", summary.kept), (f"dropped ({rule})", summary.dropped)]
-    if rejected is not None:
-        rows.append(("rejected", rejected))
-    rows.append(("time", f"{summary.seconds:.2f} s"))
+    if summary.dropped:
+        rows.append(("rejected", rejected or sidecar(output, ".rejected.jsonl")))
+    rows += [("summary", sidecar(output, ".summary.json")), ("time", f"{summary.seconds:.2f} s")]
     print_run_summary(f"dedup → {output}", rows)
 
 

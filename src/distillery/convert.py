@@ -19,6 +19,7 @@ from typing import Any
 from distillery.errors import InputError, UserError
 from distillery.formats import ALPACA, FORMATS, OPENAI, PREFERENCE, SHAREGPT, convert_record, detect_format
 from distillery.io import RecordWriter, iter_located, open_writer, read_text, sidecar, write_json
+from distillery.summary import StageStats, rejection
 
 DATASET_INFO = "dataset_info.json"
 SHAREGPT_TAGS = {
@@ -57,6 +58,9 @@ class ConvertOptions:
             raise UserError("--name names the dataset_info.json entry; give --dataset-info DIR too")
 
 
+UNCONVERTIBLE = "unconvertible"
+
+
 @dataclass
 class ConvertResult:
     output: Path
@@ -69,6 +73,11 @@ class ConvertResult:
     dataset_info: Path | None = None
     entry_name: str | None = None
     entry: dict[str, Any] | None = None
+
+    def stage(self) -> StageStats:
+        """The conversion as one stage of the one summary schema."""
+        dropped = Counter({UNCONVERTIBLE: self.rejected}) if self.rejected else Counter()
+        return StageStats("convert", self.records, self.written, dropped)
 
 
 class RejectFile:
@@ -151,7 +160,8 @@ def _convert_all(
         except InputError as exc:
             if not options.skip_invalid:
                 raise
-            rejects.write({"where": where, "reason": str(exc).removeprefix(f"{where}: "), "record": record})
+            problem = str(exc).removeprefix(f"{where}: ")
+            rejects.write(rejection("convert", UNCONVERTIBLE, record, {"where": where, "problem": problem}))
             continue
         yield converted
 

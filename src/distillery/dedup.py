@@ -16,7 +16,6 @@ import time
 from array import array
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import ExitStack
 from dataclasses import dataclass
 from hashlib import sha1
 from itertools import chain, repeat
@@ -31,6 +30,7 @@ from rapidfuzz.distance import LCSseq
 from distillery.errors import InputError, UserError
 from distillery.formats import first_user_turn
 from distillery.io import iter_located, open_writer
+from distillery.summary import StageStats, rejection, write_summary
 
 Record = dict[str, Any]
 Match = tuple[float, str]
@@ -660,10 +660,10 @@ class Duplicate:
     score: float
     reason: str = "near_duplicate"
 
-    def as_dict(self) -> Record:
-        """Carries `stage` and `reason` like every other rejected file, so the report reads them alike."""
-        return {"stage": "dedup", "reason": self.reason, "where": self.where, "score": self.score,
-                "most_similar": self.most_similar, "record": self.record}
+    @property
+    def detail(self) -> dict[str, Any]:
+        """Where the record was, its score and the text it duplicates: the rejection's `detail`."""
+        return {"where": self.where, "score": self.score, "most_similar": self.most_similar}
 
 
 def _dedup_located(
@@ -719,25 +719,35 @@ def dedup_file(
     against: Sequence[str | Path] = (),
     rejected_path: str | Path | None = None,
 ) -> DedupSummary:
-    """Stream INPUT to OUTPUT keeping non-duplicates; both files appear only if the whole run succeeds."""
+    """Stream INPUT to OUTPUT keeping non-duplicates; OUTPUT, its rejections (OUTPUT.rejected.jsonl unless
+    `rejected_path`) and its summary appear only if the whole run succeeds."""
+    from distillery.convert import RejectFile
+
     options = options or DedupOptions()
     if rejected_path is not None and Path(rejected_path).resolve() == Path(output_path).resolve():
         raise UserError(f"--rejected {rejected_path} is the same file as the output")
     start = time.perf_counter()
     pool = pool_texts(against, options.field)
-    seen = 0
+    stats = StageStats("dedup")
 
     def counted() -> Iterator[tuple[str, Record]]:
-        nonlocal seen
         for item in iter_located(input_path):
-            seen += 1
+            stats.seen += 1
             yield item
 
-    with ExitStack() as stack:  # on any error the writers remove their temporary files: no partial output
-        writer = stack.enter_context(open_writer(output_path))
-        rejected = stack.enter_context(open_writer(rejected_path)) if rejected_path is not None else None
-        on_reject = None if rejected is None else lambda duplicate: rejected.write(duplicate.as_dict())
-        writer.write_all(_dedup_located(counted(), pool, options, on_reject))
-        if not seen:
+    def reject(duplicate: Duplicate) -> None:
+        stats.dropped[duplicate.reason] += 1
+        rejects.write(rejection("dedup", duplicate.reason, duplicate.record, duplicate.detail))
+
+    # on any error the writers remove their temporary files: no partial output
+    with RejectFile.beside(Path(output_path), Path(rejected_path) if rejected_path else None) as rejects, \
+            open_writer(output_path) as writer:
+        writer.write_all(_dedup_located(counted(), pool, options, reject))
+        if not stats.seen:
             raise InputError(input_path, "holds no records")
-    return DedupSummary(seen=seen, kept=writer.count, pool=len(pool), seconds=time.perf_counter() - start)
+    stats.kept, stats.seconds = writer.count, time.perf_counter() - start
+    write_summary(output_path, [stats], {
+        "command": "dedup", "input": str(input_path), "output": str(output_path), "method": options.method,
+        "threshold": options.cutoff, "field": options.field, "pool": len(pool),
+        "rejected": str(rejects.path) if rejects.count else None})
+    return DedupSummary(seen=stats.seen, kept=stats.kept, pool=len(pool), seconds=stats.seconds)

@@ -28,8 +28,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from distillery.cache import canonical_request, prepare_state, state_path
-from distillery.cost import RunStats
+from distillery.cache import canonical_request
 from distillery.errors import UserError
 from distillery.evol_options import (
     IN_BREADTH,
@@ -41,9 +40,10 @@ from distillery.evol_options import (
     EvolSettings,
     parse_methods,
 )
-from distillery.io import file_format, read_text, sidecar, write_json, write_records
-from distillery.llm import ChatRequest, ChatResult, EndpointOptions, exit_status
-from distillery.llm_step import Failed, LLMRun, LLMStep, Rejected, Session, answer_records
+from distillery.io import file_format, read_text
+from distillery.llm import ChatRequest, ChatResult, EndpointOptions
+from distillery.llm_step import Failed, LLMRun, LLMStep, Rejected, Session
+from distillery.one_step import StepRun, run_one_step
 from distillery.respond import check_alpaca, load_alpaca
 from distillery.step import Record, option
 from distillery.summary import StageStats
@@ -283,30 +283,20 @@ class Attempt:
         return {"instruction": self.instruction, "input": "", "output": self.output or "", "evol": lineage}
 
     def rejection(self) -> dict[str, Any]:
-        return {"rule": self.rule, "round": self.round, "method": self.method, "detail": self.detail,
-                "instruction": self.instruction, "output": self.output, "parent": self.parent, "root": self.root}
+        """The attempt as a rejected record; its rule and detail travel in the rejection around it."""
+        return {"round": self.round, "method": self.method, "instruction": self.instruction, "output": self.output,
+                "parent": self.parent, "root": self.root}
 
 
 @dataclass
-class EvolResult:
-    written: int
-    evolved: int
-    rejected: int
-    failed: int
-    pending: int
-    replayed: int
-    salvaged: int
-    rounds: list[dict[str, Any]]
-    rules: dict[str, int]
-    stats: RunStats
-    summary_path: Path
-    rejected_path: Path | None
-    failed_path: Path | None
-    stopped: str | None = None
+class EvolResult(StepRun):
+    """The evol step's run, with the round-by-round figures the command prints."""
 
-    @property
-    def exit_code(self) -> int:
-        return exit_status(bool(self.failed), bool(self.stopped))
+    evolved: int = 0
+    salvaged: int = 0
+    replayed: int = 0
+    rounds: list[dict[str, Any]] = field(default_factory=list)
+    rules: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -331,6 +321,7 @@ class Evol(LLMStep):
             raise UserError(f"{self.options.templates}: --templates must be a directory of <method>.txt files")
         templates = Path(self.options.templates) if self.options.templates is not None else None
         self.templates = Templates(self.options.lang, templates)
+        self.decided: list[Attempt] = []  # every attempt of the last run, in OUTPUT's order
 
     def run(self, records: Iterable[Record]) -> Iterator[Record]:
         seeds = []
@@ -338,6 +329,7 @@ class Evol(LLMStep):
             check_alpaca(record, f"{self.name} input record {number}")
             seeds.append(record)
         attempts = self.attempts(seeds, self.answer(seeds))
+        self.decided = attempts
         if self.options.keep_original:
             yield from (_original(seed) for seed in seeds)
         for attempt in attempts:
@@ -475,72 +467,43 @@ async def _chat(session: Session, request: ChatRequest, attempt: Attempt, model:
 
 def evol(options: EvolOptions, progress: bool = True) -> EvolResult:
     """Evolve every seed for `options.rounds` rounds; the API behind `distillery evol`, the `evol` step over
-    one seed file whose state is the cache beside OUTPUT."""
+    one seed file whose state is the cache beside OUTPUT. OUTPUT is in a fixed order: the seeds (with
+    `keep_original`), then round by round in input order."""
     options.validate()
     step = Evol(EvolStepOptions(**asdict(options.settings())))
     endpoint = options.endpoint.resolve()
     if options.answer_model:
         replace(endpoint, model=options.answer_model).resolve()  # a model --local-model cannot serve fails now
     seeds = load_alpaca(options.input)
-    prepare_state(options.output, endpoint.fresh)
-    run = answer_records(step, seeds, state_path(options.output), endpoint, progress=progress)
-    return _write_outputs(options, endpoint, seeds, step.attempts(seeds, run), run)
+    meta = {"command": "evol", "input": str(options.input), "seeds": len(seeds),
+            "answer_model": (options.answer_model or endpoint.model) if options.answers else None,
+            "lang": options.lang, "methods": list(options.methods), "rounds": options.rounds,
+            "seed": endpoint.seed or 0, "judge": options.judge}
+    tally: dict[str, Any] = {}
 
+    def figures() -> dict[str, Any]:
+        """Per round and per method: what each attempted, passed and why the rest failed."""
+        ordered = step.decided
+        rounds = {r: StageStats(f"round {r}") for r in range(1, options.rounds + 1)}
+        methods = {m: StageStats(m) for m in options.methods}
+        for attempt in ordered:
+            for stage in (rounds[attempt.round], methods[attempt.method]):
+                stage.seen += 1
+                stage.kept += attempt.passed
+                if not attempt.passed:
+                    stage.dropped[attempt.rule or "request_failed"] += 1
+        tally.update(
+            pending=len(seeds) * options.rounds - len(ordered), evolved=sum(a.passed for a in ordered),
+            salvaged=sum(a.passed and a.salvaged for a in ordered),
+            rounds=[{"round": r, **stage.as_dict(), "pass_rate": _rate(stage)} for r, stage in rounds.items()],
+            rules=dict(Counter(a.rule for a in ordered if a.rule).most_common()),
+        )
+        step.stats.notes.update({"evolved": tally["evolved"], "salvaged": tally["salvaged"]})
+        return {"pending": tally["pending"], "per_round": tally["rounds"],
+                "per_method": {m: {**stage.as_dict(), "pass_rate": _rate(stage)} for m, stage in methods.items()}}
 
-def _write_outputs(
-    options: EvolOptions, endpoint: EndpointOptions, seeds: list[Record], ordered: list[Attempt], run: LLMRun
-) -> EvolResult:
-    """OUTPUT in a fixed order (seeds, then round by round in input order), its side files and the summary."""
-    records = [_original(seed) for seed in seeds if options.keep_original]
-    records += [a.record() for a in ordered if a.passed]
-    rejected = [a.rejection() for a in ordered if a.rule]
-    failed = [{"error": a.error, "round": a.round, "method": a.method, "parent": a.parent, "root": a.root}
-              for a in ordered if a.error]
-    write_records(options.output, records)
-    rounds = {r: StageStats(f"round {r}") for r in range(1, options.rounds + 1)}
-    methods = {m: StageStats(m) for m in options.methods}
-    for attempt in ordered:
-        for stage in (rounds[attempt.round], methods[attempt.method]):
-            stage.seen += 1
-            stage.kept += attempt.passed
-            if not attempt.passed:
-                stage.dropped[attempt.rule or "request_failed"] += 1
-    result = EvolResult(
-        written=len(records), evolved=sum(a.passed for a in ordered), rejected=len(rejected), failed=len(failed),
-        pending=len(seeds) * options.rounds - len(ordered), replayed=run.stages_replayed,
-        salvaged=sum(a.passed and a.salvaged for a in ordered),
-        rounds=[{"round": r, **stage.as_dict(), "pass_rate": _rate(stage)} for r, stage in rounds.items()],
-        rules=dict(Counter(a.rule for a in ordered if a.rule).most_common()), stats=run.stats,
-        summary_path=sidecar(options.output, ".summary.json"),
-        rejected_path=_write_sidecar(options.output, ".rejected.jsonl", rejected),
-        failed_path=_write_sidecar(options.output, ".failed.jsonl", failed), stopped=run.stopped,
-    )
-    write_json(result.summary_path, {
-        "command": "evol",
-        "input": str(options.input),
-        "output": str(options.output),
-        "model": endpoint.model,
-        "answer_model": (options.answer_model or endpoint.model) if options.answers else None,
-        "lang": options.lang,
-        "methods": list(options.methods),
-        "rounds": options.rounds,
-        "seed": endpoint.seed or 0,
-        "judge": options.judge,
-        "seeds": len(seeds),
-        "records_written": result.written,
-        "evolved": result.evolved,
-        "salvaged": result.salvaged,
-        "rejected": result.rules,
-        "failed": result.failed,
-        "pending": result.pending,
-        "replayed": result.replayed,
-        "stopped": run.stopped,
-        "seconds": round(run.seconds, 3),
-        "per_round": result.rounds,
-        "per_method": {m: {**stage.as_dict(), "pass_rate": _rate(stage)} for m, stage in methods.items()},
-        "requests": run.stats.as_dict(),
-    })
-    return result
+    run = run_one_step(step, seeds, options.output, meta, endpoint, progress=progress, figures=figures)
+    return EvolResult(**{**vars(run), **tally}, replayed=step.stats.notes["replayed"])
 
 
 def _original(seed: Record) -> Record:
@@ -548,15 +511,6 @@ def _original(seed: Record) -> Record:
     return {"instruction": seed["instruction"], "input": seed.get("input") or "",
             "output": output if isinstance(output, str) else "",
             "evol": {"root": seed_instruction(seed), "parent": None, "round": 0, "method": None}}
-
-
-def _write_sidecar(output: Path, suffix: str, rows: list[dict[str, Any]]) -> Path | None:
-    path = sidecar(output, suffix)
-    if not rows:
-        path.unlink(missing_ok=True)
-        return None
-    write_records(path, rows, layout="jsonl")
-    return path
 
 
 def _rate(stage: StageStats) -> float | None:

@@ -31,6 +31,7 @@ from distillery.convert import RejectFile
 from distillery.errors import InputError, UserError
 from distillery.formats import to_messages
 from distillery.io import iter_located, open_writer
+from distillery.summary import StageStats, rejection
 from distillery.tokens import load_tokenizer
 
 IGNORE_INDEX = -100
@@ -47,6 +48,7 @@ _NORMALIZER_SLACK = 4
 _NO_CONTEXT = 10**9
 EMPTY_ASSISTANT = "empty_assistant"
 OVERLONG_REASON = "overlong"
+FAILED_SELF_CHECK = "failed_self_check"
 PROBE = [
     {"role": "system", "content": "You are a helpful assistant."},
     {"role": "user", "content": "Hello! 你好吗?"},
@@ -109,6 +111,14 @@ class ExportResult:
     trained_tokens: int = 0
     failures: list[Failure] = field(default_factory=list)
     rejected: Path | None = None
+
+    def stage(self) -> StageStats:
+        """The export as one stage of the one summary schema; the token counts are its notes."""
+        dropped = {EMPTY_ASSISTANT: self.dropped_empty, OVERLONG_REASON: self.dropped_overlong,
+                   FAILED_SELF_CHECK: self.invalid}
+        notes = {"truncated": self.truncated, "tokens": self.tokens, "trained_tokens": self.trained_tokens}
+        return StageStats("export", self.records, self.written, Counter({k: n for k, n in dropped.items() if n}),
+                          Counter({k: n for k, n in notes.items() if n}))
 
 
 class ExportFailed(UserError):
@@ -408,7 +418,7 @@ def export_file(input_path: str | Path, output: str | Path, options: ExportOptio
                 example = encoder.example(to_messages(record, where), options)
             except Dropped as exc:
                 dropped[exc.reason] += 1
-                rejects.write({"where": where, "reason": exc.reason, "detail": exc.detail, "record": record})
+                rejects.write(rejection("export", exc.reason, record, {"where": where, "problem": exc.detail}))
                 continue
             except (InputError, RenderError) as exc:
                 message = str(exc).removeprefix(f"{where}: ")
@@ -447,13 +457,6 @@ def _fail(result: ExportResult, rejects: RejectFile, record: dict[str, Any], fai
     if len(result.failures) < 100:
         result.failures += failures
     for failure in failures:
-        rejects.write(
-            {
-                "where": failure.where,
-                "turn": failure.turn,
-                "reason": failure.reason,
-                "expected": failure.expected,
-                "decoded": failure.decoded,
-                "record": record,
-            }
-        )
+        rejects.write(rejection("export", FAILED_SELF_CHECK, record, {
+            "where": failure.where, "turn": failure.turn, "problem": failure.reason, "expected": failure.expected,
+            "decoded": failure.decoded}))

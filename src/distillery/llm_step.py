@@ -88,6 +88,7 @@ class LLMStep(Step):
     def __init__(self, options: Any = None, /, **values: Any) -> None:
         super().__init__(options, **values)
         endpoint_values(getattr(self.options, "endpoint", None) or {}, f"{self.name}.endpoint")  # fail early
+        self.llm_stats = RunStats()  # the endpoint's own counts (retries too), for a command's printed table
 
     def requests(self, record: Record) -> list[ChatRequest]:
         raise NotImplementedError
@@ -135,6 +136,7 @@ class LLMStep(Step):
             self, items, self.context.state, self.resolved_endpoint(), self.context.stream, self.context.progress
         )
         self.record_stats(result)
+        self.llm_stats = result.stats
         if result.stopped:
             self.context.stopped = result.stopped
         if result.failed or result.stopped:
@@ -185,7 +187,7 @@ class LLMSource(Source):
         """Run the recipe's coroutine with a client on the run state; returns why it stopped early (budget,
         Ctrl-C), recorded on the run so the executor stops after this step and exits 4."""
         assert self.context is not None and self.context.state is not None, "an LLM source runs inside an executor"
-        stream = f"{self.context.stream}:"
+        stream = f"{self.context.stream}:" if self.context.stream else ""  # a command's journals keep plain names
         stopped = with_llm(self.resolved_endpoint(), self.context.state, self.llm_stats,
                            lambda llm, state: generate(llm, state, stream))
         stats = self.llm_stats

@@ -178,8 +178,12 @@ class SelfInstruct(LLMSource):
             self.drop(record, reason, {"stage": stage, "detail": record.pop("detail", None)})
         for failure in made.failed:
             self.drop(failure, "request_failed", failure.get("error"))
+        for name in ("parsed", "parse_failures", "unused"):
+            self.stats.notes[name] += sum(entry[name] for entry in made.processed)
+        self.stats.notes["responses"] += len(made.processed)
         if made.stopped and not self.context.stopped:
             self.context.stopped = None
+            self.context.unfinished = made.stopped
             self.context.incomplete = True
             self.complete = False
             self.stats.notes["stopped_early"] += 1
@@ -267,9 +271,8 @@ class Clean(FileStep):
         for stage in report.stages:
             for name, count in stage["notes"].items():
                 self.stats.notes[f"{stage['stage']}.{name}"] += count
-        for record in stored_records(rejected):
-            stage, reason = record.pop("stage"), record.pop("reason")
-            self.drop(record, reason, {"stage": stage})
+        for dropped in stored_records(rejected):
+            self.drop(dropped["record"], dropped["reason"], {"stage": dropped["stage"]})
         yield from stored_records(output)
 
 
@@ -314,7 +317,7 @@ class Dedup(GlobalStep):
             texts = [*pool, *(record_text(r, o.field, f"record {n}") for n, r in enumerate(records, start=1))]
             index = self.make_index(options, texts)
         yield from dedup_records(records, pool, options, lambda dup: self.drop(
-            dup.record, dup.reason, {"score": dup.score, "most_similar": dup.most_similar}), index)
+            dup.record, dup.reason, dup.detail), index)
 
 
 # --- convert -----------------------------------------------------------------------------------------------
@@ -341,15 +344,17 @@ class Convert(Map):
         self.number = 0
 
     def map(self, record: Record) -> Iterable[Record]:
+        from distillery.convert import UNCONVERTIBLE
         from distillery.formats import convert_record
 
         self.number += 1
+        where = f"{self.name} record {self.number}"
         try:
-            return [convert_record(record, self.options.to, f"{self.name} record {self.number}")]
+            return [convert_record(record, self.options.to, where)]
         except InputError as exc:
             if not self.options.skip_invalid:
                 raise
-            self.drop(record, "unconvertible", str(exc))
+            self.drop(record, UNCONVERTIBLE, {"where": where, "problem": str(exc).removeprefix(f"{where}: ")})
             return []
 
 

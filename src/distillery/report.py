@@ -9,14 +9,11 @@ small for 100K records.
 Lengths are counted as `stats` counts them (`stats.length_counter`: tokens with a tokenizer, else words),
 for a batch of records at a time; medians and p90s are nearest-rank, as `stats` gives them too.
 
-Rejections are read from files beside INPUT: `INPUT.summary.json` (a run summary) and
-`INPUT.rejected.jsonl` (one dropped record per line), or from the files named by `--summary` and
-`--rejected`. A summary in the one schema of `summary.py` (what `distillery run` and every step write)
-is read by its own reader. Older command summaries are still recognised: one holding a list of stages
-`{stage, in, out, dropped: {reason: n}}` anywhere in the document gives the funnel; a summary with a
-top-level `rejected` or `dropped` map of reason to count gives a one-stage funnel; otherwise the funnel is
-rebuilt from the rejected file, stages in order of first appearance, from each line's `stage` (or
-`round`) and `reason` (or `rule`).
+Rejections are read from files beside INPUT: `INPUT.summary.json` and `INPUT.rejected.jsonl`, or from the
+files named by `--summary` and `--rejected`, both in the one schema every command and `distillery run`
+write (`summary.py`): the summary with `Summary.read`, each rejects line as `{"stage", "reason", "detail",
+"record"}`. A file in any other shape is refused with one line naming it. The funnel, the figures
+(requests, tokens, cost) and the examples of dropped records come from these.
 """
 
 from __future__ import annotations
@@ -44,14 +41,15 @@ from distillery.dedup import RougeIndex, normalize
 from distillery.errors import InputError, UserError
 from distillery.formats import ALPACA, detect_format, to_messages
 from distillery.html2md import clean_turn
-from distillery.io import iter_located, read_text, sidecar, write_text
+from distillery.io import iter_located, sidecar, write_text
 from distillery.langid import DEFAULT_DETECTOR, DETECTORS, conversation_sample, detect_languages
 from distillery.stats import LengthCounter, length_counter, summarize
-from distillery.summary import SCHEMA as SUMMARY_SCHEMA
 from distillery.summary import Summary
 from distillery.verbs import verb_object
 
+Record = dict[str, Any]
 FIELDS = ("instruction", "input", "output")
+REJECTION_KEYS = ("stage", "reason", "detail", "record")  # the one rejection schema
 _BATCH = 1024  # records whose texts are measured together: one tokenizer call per field and batch
 _TEXT_CLIP = 4000
 _SHOW_CLIP = 1200
@@ -132,10 +130,12 @@ class Rejections:
     stages: list[Stage]
     examples: dict[str, list[str]]
     figures: list[tuple[str, str]]
+    rejected: int = 0  # lines of the rejects file
 
     @property
     def total(self) -> int:
-        return sum(sum(stage.dropped.values()) for stage in self.stages)
+        """Records dropped: by the summary's stages, else the lines of the rejects file."""
+        return sum(sum(stage.dropped.values()) for stage in self.stages) if self.stages else self.rejected
 
 
 @dataclass
@@ -320,100 +320,43 @@ def _near_duplicates(profile: Profile, size: int) -> None:
                        for (a, b), score in top]
 
 
-def _rejected_text(record: dict[str, Any]) -> str:
-    for candidate in (record, record.get("record")):
-        if isinstance(candidate, dict):
-            try:
-                return _texts(candidate, "rejected record")[1] or json.dumps(candidate, ensure_ascii=False)
-            except UserError:
-                continue
-    return json.dumps(record, ensure_ascii=False)
+def _rejected_text(record: Record) -> str:
+    """What an example of a dropped record shows: its first instruction or user turn, else its JSON."""
+    try:
+        return _texts(record, "rejected record")[1] or json.dumps(record, ensure_ascii=False)
+    except UserError:
+        return json.dumps(record, ensure_ascii=False)
 
 
-def _stage_of(record: dict[str, Any]) -> str:
-    if record.get("stage"):
-        return str(record["stage"])
-    if record.get("round") is not None:
-        return f"round {record['round']}"
-    return "rejected"
-
-
-def _reason_of(record: dict[str, Any]) -> str:
-    if record.get("reason") or record.get("rule"):
-        return str(record.get("reason") or record.get("rule"))
-    return "unknown"
-
-
-def _read_rejected(path: Path) -> tuple[dict[str, Counter], dict[str, list[str]]]:
-    by_stage: dict[str, Counter] = {}
-    examples: dict[str, list[str]] = {}
+def _read_rejected(path: Path) -> tuple[int, dict[str, list[str]]]:
+    """How many records a rejects file holds, and a few examples per reason; every line must be in the one
+    rejection schema (`summary.rejection`)."""
+    count, examples = 0, {}
     if path.stat().st_size == 0:  # a run that rejected nothing, such as `clean` on clean data, leaves it empty
-        return by_stage, examples
-    for _, record in iter_located(path):
-        reason = _reason_of(record)
-        by_stage.setdefault(_stage_of(record), Counter())[reason] += 1
-        shown = examples.setdefault(reason, [])
+        return count, examples
+    for where, line in iter_located(path):
+        if not line.keys() >= set(REJECTION_KEYS) or not isinstance(line["record"], dict) or not line["reason"]:
+            keys = ", ".join(f'"{key}"' for key in REJECTION_KEYS)
+            raise InputError(where, f"not a distillery rejection (expected {{{keys}}})")
+        count += 1
+        shown = examples.setdefault(str(line["reason"]), [])
         if len(shown) < _REJECTED_EXAMPLES:
-            shown.append(_rejected_text(record)[:_SHOW_CLIP])
-    return by_stage, examples
+            shown.append(_rejected_text(line["record"])[:_SHOW_CLIP])
+    return count, examples
 
 
-def _int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
-
-
-def _stage_list(doc: Any, depth: int = 0) -> list[Stage]:
-    """The first list of `{stage, in, out, dropped}` objects anywhere in a summary document."""
-    if isinstance(doc, list) and doc and all(isinstance(item, dict) for item in doc):
-        stages = [_stage(item) for item in doc]
-        if all(stage is not None for stage in stages):
-            return stages  # type: ignore[return-value]
-    if depth < 3:
-        children = doc.values() if isinstance(doc, dict) else doc if isinstance(doc, list) else []
-        for child in children:
-            found = _stage_list(child, depth + 1)
-            if found:
-                return found
-    return []
-
-
-def _stage(item: dict[str, Any]) -> Stage | None:
-    name = item.get("stage", item.get("name"))
-    seen, kept = _int(item.get("in", item.get("seen"))), _int(item.get("out", item.get("kept")))
-    dropped = item.get("dropped", {})
-    if isinstance(dropped, int):
-        dropped = {"dropped": dropped}
-    if name is None or seen is None or kept is None or not isinstance(dropped, dict):
-        return None
-    return Stage(str(name), seen, kept, {str(k): v for k, v in dropped.items() if _int(v)})
-
-
-def _reason_map(doc: dict[str, Any]) -> dict[str, int]:
-    for key in ("rejected", "dropped"):
-        value = doc.get(key)
-        if isinstance(value, dict) and value and all(_int(v) is not None for v in value.values()):
-            return {str(k): v for k, v in value.items()}
-    return {}
-
-
-def _figures(doc: Any) -> list[tuple[str, str]]:
-    """Scalar entries of a summary (requests, tokens, cost...), one level of nesting flattened."""
-    if not isinstance(doc, dict):
-        return []
+def _figures(summary: Summary) -> list[tuple[str, str]]:
+    """The run's totals (requests, tokens, cost) and its scalar metadata (command, model, stopped...)."""
     found = []
-    for key, value in doc.items():
-        nested = value.items() if isinstance(value, dict) else [("", value)]
-        for sub, item in nested:
-            if isinstance(item, (int, float, str, bool)) and len(str(item)) <= 80:
-                found.append((f"{key}.{sub}" if sub else str(key), f"{item:,}" if _int(item) else str(item)))
+    items = [*summary.as_dict()["totals"].items(), *summary.meta.items()]
+    for key, value in items:
+        if isinstance(value, int | float | str | bool) and len(str(value)) <= 80:
+            found.append((str(key), f"{value:,}" if _count(value) else str(value)))
     return found[:24]
 
 
-def _read_summary(path: Path) -> Any:
-    try:
-        return json.loads(read_text(path))
-    except json.JSONDecodeError as exc:
-        raise InputError(path, f"not a JSON run summary: {exc}") from None
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _rejections(profile: Profile, summary: Path | None, rejected: Path | None) -> Rejections | None:
@@ -422,35 +365,14 @@ def _rejections(profile: Profile, summary: Path | None, rejected: Path | None) -
     profile.rejection_files = [sidecar(profile.path, ".summary.json"), sidecar(profile.path, ".rejected.jsonl")]
     if summary is None and rejected is None:
         return None
-    doc = _read_summary(summary) if summary else None
-    by_stage, examples = _read_rejected(rejected) if rejected else ({}, {})
-    if isinstance(doc, dict) and doc.get("schema") == SUMMARY_SCHEMA:
-        stages = [Stage(s.stage, s.seen, s.kept, dict(s.dropped)) for s in Summary.from_dict(doc, summary).stages]
-    else:
-        stages = _stage_list(doc)
-    if not stages and isinstance(doc, dict) and _reason_map(doc):
-        reasons = _reason_map(doc)
-        kept = next((v for k in ("accepted", "kept", "out") if (v := _int(doc.get(k))) is not None),
-                    profile.records)
-        stages = [Stage("run", kept + sum(reasons.values()), kept, reasons)]
-    if not stages:
-        stages = _rebuild_stages(by_stage, profile.records)
-    return Rejections([p for p in (summary, rejected) if p], stages, examples, _figures(doc))
+    run = Summary.read(summary) if summary else None
+    count, examples = _read_rejected(rejected) if rejected else (0, {})
+    stages = [Stage(s.stage, s.seen, s.kept, dict(s.dropped)) for s in run.stages] if run else []
+    return Rejections([p for p in (summary, rejected) if p], stages, examples, _figures(run) if run else [], count)
 
 
 def _existing(path: Path) -> Path | None:
     return path if path.is_file() else None
-
-
-def _rebuild_stages(by_stage: dict[str, Counter], final: int) -> list[Stage]:
-    """Walk back from the records that survived: each stage's input is its output plus its drops."""
-    stages: list[Stage] = []
-    out = final
-    for name, reasons in reversed(list(by_stage.items())):
-        seen = out + sum(reasons.values())
-        stages.append(Stage(name, seen, out, dict(reasons)))
-        out = seen
-    return stages[::-1]
 
 
 def collect(options: ReportOptions) -> list[Profile]:

@@ -10,15 +10,16 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from distillery.cache import prepare_state, state_path
-from distillery.cost import RunStats
 from distillery.errors import InputError
-from distillery.io import file_format, iter_located, sidecar, write_json, write_records
-from distillery.llm import ChatRequest, ChatResult, EndpointOptions, exit_status
-from distillery.llm_step import LLMRun, LLMStep, Rejected, answer_records
+from distillery.io import file_format, iter_located
+from distillery.llm import ChatRequest, ChatResult, EndpointOptions
+from distillery.llm_step import LLMStep, Rejected
 from distillery.step import Record, option
+
+if TYPE_CHECKING:
+    from distillery.one_step import StepRun
 
 
 @dataclass
@@ -27,21 +28,6 @@ class RespondOptions:
     output: Path
     endpoint: EndpointOptions = field(default_factory=EndpointOptions)
     system: str | None = None
-
-
-@dataclass
-class RespondResult:
-    written: int
-    failed: int
-    pending: int
-    stats: RunStats
-    summary_path: Path
-    failed_path: Path | None
-    stopped: str | None = None
-
-    @property
-    def exit_code(self) -> int:
-        return exit_status(bool(self.failed), bool(self.stopped))
 
 
 def check_alpaca(record: dict[str, Any], where: str) -> None:
@@ -101,48 +87,13 @@ class Respond(LLMStep):
         return [{**record, "output": answers[0].text}]
 
 
-def respond(options: RespondOptions, progress: bool = True) -> RespondResult:
-    """Answer every record; the API behind `distillery respond`, a one-step pipeline over `Respond`
-    whose state is the cache beside OUTPUT."""
+def respond(options: RespondOptions, progress: bool = True) -> StepRun:
+    """Answer every record; the API behind `distillery respond`, a one-step pipeline over `Respond` whose
+    state is the cache beside OUTPUT."""
+    from distillery.one_step import run_one_step
+
     file_format(options.output)
     endpoint = options.endpoint.resolve()
     records = load_alpaca(options.input)
-    prepare_state(options.output, endpoint.fresh)
-    run = answer_records(Respond(system=options.system), records, state_path(options.output), endpoint,
-                         progress=progress)
-    return _write_outputs(options, endpoint, records, run)
-
-
-def _write_outputs(
-    options: RespondOptions, endpoint: EndpointOptions, records: list[dict[str, Any]], run: LLMRun
-) -> RespondResult:
-    answered = [out for index in sorted(run.outputs) for out in run.outputs[index]]
-    failed = [{**records[index], "error": error} for index, error in sorted(run.failed.items())]
-    failed_path = sidecar(options.output, ".failed.jsonl")
-    write_records(options.output, answered)
-    if failed:
-        write_records(failed_path, failed, layout="jsonl")
-    else:
-        failed_path.unlink(missing_ok=True)
-    pending = run.pending(len(records))
-    stats, stopped = run.stats, run.stopped
-    summary_path = sidecar(options.output, ".summary.json")
-    write_json(
-        summary_path,
-        {
-            "command": "respond",
-            "input": str(options.input),
-            "output": str(options.output),
-            "model": endpoint.model,
-            "records_in": len(records),
-            "records_written": len(answered),
-            "failed": len(failed),
-            "pending": pending,
-            "stopped": stopped,
-            "seconds": round(run.seconds, 3),
-            "requests": stats.as_dict(),
-        },
-    )
-    return RespondResult(
-        len(answered), len(failed), pending, stats, summary_path, failed_path if failed else None, stopped
-    )
+    return run_one_step(Respond(system=options.system), records, options.output,
+                        {"command": "respond", "input": str(options.input)}, endpoint, progress=progress)

@@ -26,29 +26,29 @@ import asyncio
 import random
 import re
 import string
-import time
 import unicodedata
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from distillery.cache import prepare_state, state_path
 from distillery.cost import RunStats
 from distillery.dedup import RougeIndex
 from distillery.errors import InputError, UserError
-from distillery.io import file_format, iter_located, read_text, sidecar, write_json, write_records
+from distillery.io import file_format, iter_located, read_text
 from distillery.langid import is_language, known_code
-from distillery.llm import LLM, ChatRequest, ChatResult, EndpointOptions, exit_status, run_bounded
-from distillery.llm_step import with_llm
+from distillery.llm import LLM, ChatRequest, ChatResult, EndpointOptions, run_bounded
 from distillery.progress import RunProgress, StepLine
 from distillery.sql_check import check_sql, strip_fence
 from distillery.state import RunState
 from distillery.step import Filter, Step, run_steps
+
+if TYPE_CHECKING:
+    from distillery.one_step import StepRun
 
 Record = dict[str, Any]
 
@@ -198,23 +198,6 @@ class SelfInstructOptions:
     @property
     def labels(self) -> Labels:
         return ZH_LABELS if self.lang == "zh" else EN_LABELS
-
-
-@dataclass
-class SelfInstructResult:
-    written: int
-    rejected: int
-    stats: RunStats
-    summary_path: Path
-    rejected_path: Path | None
-    stopped: str | None = None
-    budget: bool = False
-    failed: int = 0
-    failed_path: Path | None = None
-
-    @property
-    def exit_code(self) -> int:
-        return exit_status(bool(self.stopped), self.budget)
 
 
 # Seeds and templates
@@ -841,23 +824,29 @@ class Generated:
     failed: list[Record] = field(default_factory=list)
     stopped: str | None = None
     stats: RunStats = field(default_factory=RunStats)
-    budget: str | None = None
 
 
-def generate(options: SelfInstructOptions, progress: bool = True) -> SelfInstructResult:
-    """Generate `options.num` accepted tasks (or stop cleanly); the API behind `distillery self-instruct`."""
+def generate(options: SelfInstructOptions, progress: bool = True) -> StepRun:
+    """Generate `options.num` accepted tasks (or stop cleanly); the API behind `distillery self-instruct`, a
+    one-step pipeline over the `self_instruct` step whose state is the cache beside OUTPUT."""
+    from distillery.one_step import run_one_step
+    from distillery.recipes import SelfInstruct, SelfInstructStepOptions
+
     options.validate()
     if options.output is None:
         raise UserError("self-instruct needs an output file")
     endpoint = options.endpoint.resolve()
-    seeds = load_seeds(options.seed_spec)
-    template = PromptTemplate.load(options)
-    prepare_state(options.output, endpoint.fresh)
-    started = time.monotonic()
-    made = Generated()
-    made.budget = with_llm(endpoint, state_path(options.output), made.stats,
-                           lambda llm, state: generate_with(llm, state, options, seeds, template, "", made, progress))
-    return _write_outputs(options, endpoint, seeds, made, time.monotonic() - started)
+    load_seeds(options.seed_spec)  # bad seeds or template fail before OUTPUT's state is touched
+    PromptTemplate.load(options)
+    o = options
+    step = SelfInstruct(SelfInstructStepOptions(
+        num=o.num, seeds=o.seeds, lang=o.lang, task_type=o.task_type, template=o.template,
+        prompt_examples=o.prompt_examples, machine_examples=o.machine_examples,
+        tasks_per_request=o.tasks_per_request, constraint=list(o.constraints), rouge_threshold=o.rouge_threshold,
+        min_length=o.min_length, max_length=o.max_length, block=list(o.block),
+        default_blocklist=o.default_blocklist, with_meta=o.with_meta))
+    meta = {"command": "self-instruct", "seeds": o.seed_spec, "lang": o.lang, "task_type": o.task_type, "num": o.num}
+    return run_one_step(step, [], o.output, meta, endpoint, progress=progress)
 
 
 async def generate_with(
@@ -914,66 +903,3 @@ def _with_meta(records: list[Record], seeds: list[Record], threshold: float) -> 
 
 def _plain(record: Record) -> Record:
     return {name: record[name] for name in _BLOCK}
-
-
-def _stages(rejected: list[Record], accepted: int) -> list[dict[str, Any]]:
-    """The run's funnel, stage by stage, from the journal (so it covers earlier, interrupted runs too)."""
-    by_stage: dict[str, Counter] = {}
-    for record in rejected:
-        by_stage.setdefault(record["stage"], Counter())[record["reason"]] += 1
-    remaining = accepted + sum(sum(c.values()) for s, c in by_stage.items() if s != "parse")
-    stages = [{"stage": "parse", "in": remaining + sum(by_stage.get("parse", Counter()).values()),
-               "out": remaining, "dropped": dict(by_stage.get("parse", {}))}]
-    for stage in STAGES[1:]:
-        dropped = by_stage.get(stage, Counter())
-        stages.append({"stage": stage, "in": remaining, "out": remaining - sum(dropped.values()),
-                       "dropped": dict(dropped)})
-        remaining -= sum(dropped.values())
-    return stages
-
-
-def _write_outputs(
-    options: SelfInstructOptions,
-    endpoint: EndpointOptions,
-    seeds: list[Record],
-    made: Generated,
-    seconds: float,
-) -> SelfInstructResult:
-    assert options.output is not None
-    rejected, processed, failed, stats = made.rejected, made.processed, made.failed, made.stats
-    written = write_records(options.output, final_records(options, seeds, made))
-    failed_path = sidecar(options.output, ".failed.jsonl")
-    if failed:
-        write_records(failed_path, failed, layout="jsonl")
-    else:
-        failed_path.unlink(missing_ok=True)
-    rejected_path = sidecar(options.output, ".rejected.jsonl")
-    if rejected:
-        write_records(rejected_path, rejected, layout="jsonl")
-    else:
-        rejected_path.unlink(missing_ok=True)
-    stopped = made.budget or made.stopped
-    reasons = Counter(record["reason"] for record in rejected)
-    summary_path = sidecar(options.output, ".summary.json")
-    write_json(summary_path, {
-        "command": "self-instruct",
-        "output": str(options.output),
-        "model": endpoint.model,
-        "seeds": options.seed_spec,
-        "lang": options.lang,
-        "task_type": options.task_type,
-        "num": options.num,
-        "accepted": written,
-        "stopped": stopped,
-        "seconds": round(seconds, 3),
-        "responses": len(processed),
-        "parsed": sum(entry["parsed"] for entry in processed),
-        "parse_failures": sum(entry["parse_failures"] for entry in processed),
-        "failed_requests": len(failed),
-        "unused": sum(entry["unused"] for entry in processed),
-        "rejected": dict(reasons.most_common()),
-        "stages": _stages(rejected, len(made.accepted)),
-        "requests": stats.as_dict(),
-    })
-    return SelfInstructResult(written, len(rejected), stats, summary_path, rejected_path if rejected else None,
-                              stopped, made.budget is not None, len(failed), failed_path if failed else None)

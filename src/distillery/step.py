@@ -59,6 +59,7 @@ class Context:
     upstream: Path | None = None  # the previous step's output file, for steps whose recipe reads a file
     incomplete: bool = False
     stopped: str | None = None
+    unfinished: str | None = None  # why an incomplete step stopped short (self-instruct's stall), for the message
 
 
 def option(default: Any, help: str, **kwargs: Any) -> Any:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from distillery.errors import InputError
-from distillery.io import read_text, write_json
+from distillery.io import read_text, sidecar, write_json
 
 Record = dict[str, Any]
 SCHEMA = "distillery.summary/1"
@@ -109,8 +109,10 @@ class Summary:
 
     @classmethod
     def from_dict(cls, doc: Any, where: str | Path = "summary") -> Summary:
-        if not isinstance(doc, dict) or doc.get("schema") != SCHEMA or not isinstance(doc.get("stages"), list):
-            raise InputError(where, f"not a distillery run summary (expected \"schema\": \"{SCHEMA}\")")
+        if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
+            raise InputError(where, f"not a distillery summary (no \"schema\": \"{SCHEMA}\")")
+        if not isinstance(doc.get("stages"), list):
+            raise InputError(where, "not a distillery summary (no list of \"stages\")")
         meta = {k: v for k, v in doc.items() if k not in ("schema", "totals", "stages")}
         try:
             return cls([StageStats.from_dict(stage) for stage in doc["stages"]], meta)
@@ -124,3 +126,10 @@ class Summary:
         except json.JSONDecodeError as exc:
             raise InputError(path, f"not a JSON run summary: {exc}") from None
         return cls.from_dict(doc, path)
+
+
+def write_summary(output: str | Path, stages: list[StageStats], meta: dict[str, Any]) -> Path:
+    """OUTPUT.summary.json in the one schema, so `report` reads a command's summary like a pipeline's."""
+    path = sidecar(output, ".summary.json")
+    Summary(stages, meta).write(path)
+    return path

@@ -12,6 +12,12 @@ script, and the test decides how batches end (`batch_outcomes`: completed, expir
 fraction answered), how many polls that takes (`batch_polls`), or holds them running (`batch_hold`).
 `batch_submitted` counts how often each custom_id was submitted, across every batch.
 
+Anthropic's Message Batches (`/v1/messages/batches`: create, retrieve, results as JSONL, cancel, list) take
+the same controls and the same script (its request's `params` stand in for a Chat Completions body, the
+system prompt apart); they are kept in `message_batches` and `message_batch_lines`, apart from OpenAI's, and
+numbered on their own. A batch expired with a fraction answered gives its other requests the result
+`expired`; a cancelled one `canceled`.
+
 Run as a script it serves on its own (`python tests/fake_openai.py --latency 0.5` prints the base URL),
 so a benchmark can measure a client's CPU time without the server's.
 """
@@ -88,6 +94,9 @@ class FakeOpenAI:
         self.batch_hold = False
         self.batch_api = True  # False: answer 404 like a server without the Batch API
         self.batch_created = threading.Event()
+        self.message_batches: dict[str, dict[str, Any]] = {}
+        self.message_batch_lines: dict[str, list[dict[str, Any]]] = {}
+        self.message_results: dict[str, bytes] = {}
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -107,7 +116,7 @@ class FakeOpenAI:
 
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", 0))
-                if self.path.startswith(("/v1/files", "/v1/batches")):
+                if self.path.startswith(("/v1/files", "/v1/batches", "/v1/messages/batches")):
                     raw = self.rfile.read(length)
                     with server.lock:
                         status, payload = server.batch_post(self.path, raw, self.headers.get("Content-Type", ""))
@@ -230,6 +239,8 @@ class FakeOpenAI:
     def batch_post(self, path: str, raw: bytes, content_type: str) -> tuple[int, bytes]:
         if not self.batch_api:
             return 404, json.dumps({"error": {"message": f"no route {path}"}}).encode()
+        if path.startswith("/v1/messages/batches"):
+            return self.message_batch_post(path, raw)
         if path == "/v1/files":
             message = BytesParser(policy=HTTP).parsebytes(f"Content-Type: {content_type}\r\n\r\n".encode() + raw)
             parts = {part.get_param("name", header="content-disposition"): part for part in message.iter_parts()}
@@ -259,6 +270,8 @@ class FakeOpenAI:
         return 404, json.dumps({"error": {"message": f"no route {path}"}}).encode()
 
     def batch_get(self, path: str) -> tuple[int, bytes]:
+        if path.startswith("/v1/messages/batches") and self.batch_api:
+            return self.message_batch_get(path)
         match = re.fullmatch(r"/v1/files/([^/]+)/content", path)
         if match and match[1] in self.files:
             return 200, self.files[match[1]]
@@ -312,6 +325,98 @@ class FakeOpenAI:
         batch["request_counts"] = {"total": len(lines), "completed": len(output), "failed": len(errors)}
         if status == "failed":
             batch["errors"] = {"object": "list", "data": [{"code": "scripted", "message": "scripted failure"}]}
+
+    # --- Anthropic's Message Batches (called with self.lock held) ------------------------------------------
+
+    def message_batch_post(self, path: str, raw: bytes) -> tuple[int, bytes]:
+        if path == "/v1/messages/batches":
+            requests = json.loads(raw)["requests"]
+            batch_id = f"msgbatch_{len(self.message_batches) + 1}"
+            self.message_batch_lines[batch_id] = requests
+            self.batch_submitted.update(request["custom_id"] for request in requests)
+            now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            self.message_batches[batch_id] = {
+                "id": batch_id, "type": "message_batch", "processing_status": "in_progress",
+                "request_counts": {"processing": len(requests), "succeeded": 0, "errored": 0, "canceled": 0,
+                                   "expired": 0},
+                "created_at": now, "expires_at": now, "ended_at": None, "archived_at": None,
+                "cancel_initiated_at": None, "results_url": None, "polls": 0,
+            }
+            self.batch_created.set()
+            return 200, self._message_batch(batch_id)
+        match = re.fullmatch(r"/v1/messages/batches/([^/]+)/cancel", path)
+        if match and match[1] in self.message_batches:
+            batch = self.message_batches[match[1]]
+            if batch["processing_status"] != "ended":
+                self._finish_messages(match[1], "canceled", 0.0)
+                batch["processing_status"] = "canceling"  # as Anthropic answers; `ended` from the next retrieve
+            return 200, self._message_batch(match[1])
+        return 404, json.dumps({"type": "error", "error": {"type": "not_found_error",
+                                                           "message": f"no route {path}"}}).encode()
+
+    def message_batch_get(self, path: str) -> tuple[int, bytes]:
+        match = re.fullmatch(r"/v1/messages/batches/([^/?]+)/results", path)
+        if match and match[1] in self.message_results:
+            return 200, self.message_results[match[1]]
+        match = re.fullmatch(r"/v1/messages/batches/([^/?]+)", path)
+        if match and match[1] in self.message_batches:
+            batch = self.message_batches[match[1]]
+            batch["polls"] += 1
+            if batch["processing_status"] == "canceling":
+                batch["processing_status"] = "ended"
+            elif batch["processing_status"] != "ended" and not self.batch_hold and batch["polls"] >= self.batch_polls:
+                number = int(match[1].split("_")[1])
+                self._finish_messages(match[1], *self.batch_outcomes.get(number, ("completed", 1.0)))
+            return 200, self._message_batch(match[1])
+        if path.split("?")[0] == "/v1/messages/batches":
+            listed = [json.loads(self._message_batch(batch_id)) for batch_id in reversed(self.message_batches)]
+            return 200, json.dumps({"data": listed, "has_more": False,
+                                    "first_id": listed[0]["id"] if listed else None,
+                                    "last_id": listed[-1]["id"] if listed else None}).encode()
+        return 404, json.dumps({"type": "error", "error": {"type": "not_found_error",
+                                                           "message": f"no route {path}"}}).encode()
+
+    def _finish_messages(self, batch_id: str, status: str, answered: float) -> None:
+        """Answer the first `answered` fraction of the requests with the script; the rest get the result
+        `status` (`expired`, `canceled`) and the batch ends."""
+        batch = self.message_batches[batch_id]
+        requests = self.message_batch_lines[batch_id]
+        counts = {"processing": 0, "succeeded": 0, "errored": 0, "canceled": 0, "expired": 0}
+        lines = []
+        for index, request in enumerate(requests):
+            if index >= round(len(requests) * answered):
+                counts["expired" if status == "expired" else "canceled"] += 1
+                lines.append({"custom_id": request["custom_id"],
+                              "result": {"type": "expired" if status == "expired" else "canceled"}})
+                continue
+            params = request["params"]
+            self.requests.append(params)
+            reply = self.script(params, len(self.requests))
+            if isinstance(reply, str):
+                reply = Reply(text=reply)
+            if reply.status != 200:
+                counts["errored"] += 1
+                error = {"type": "invalid_request_error", "message": reply.error or f"scripted {reply.status}"}
+                lines.append({"custom_id": request["custom_id"],
+                              "result": {"type": "errored", "error": {"type": "error", "error": error}}})
+                continue
+            counts["succeeded"] += 1
+            words = len(str(params.get("system", "")).split()) + \
+                sum(len(str(m.get("content", "")).split()) for m in params["messages"])
+            usage = reply.usage or {"prompt_tokens": words, "completion_tokens": len(reply.text.split())}
+            message = {"id": f"msg_{len(self.requests)}", "type": "message", "role": "assistant",
+                       "model": params["model"], "content": [{"type": "text", "text": reply.text}],
+                       "stop_reason": "max_tokens" if reply.finish_reason == "length" else "end_turn",
+                       "stop_sequence": None,
+                       "usage": {"input_tokens": usage["prompt_tokens"], "output_tokens": usage["completion_tokens"]}}
+            lines.append({"custom_id": request["custom_id"], "result": {"type": "succeeded", "message": message}})
+        self.message_results[batch_id] = "".join(json.dumps(line) + "\n" for line in lines).encode()
+        batch.update(processing_status="ended", request_counts=counts,
+                     ended_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                     results_url=f"{self.base_url.removesuffix('/v1')}/v1/messages/batches/{batch_id}/results")
+
+    def _message_batch(self, batch_id: str) -> bytes:
+        return json.dumps({k: v for k, v in self.message_batches[batch_id].items() if k != "polls"}).encode()
 
     def _batch(self, batch_id: str) -> bytes:
         return json.dumps({k: v for k, v in self.batches[batch_id].items() if k != "polls"}).encode()

@@ -14,6 +14,10 @@ returns, with no await in between. A run started again polls every batch not yet
 whose `create` it never heard back from by its input file, and sends none of their requests again.
 Answers land in the same response cache as real-time answers. Expired or failed batches keep what they
 answered and resubmit only the rest (`resubmitted`); per-request errors are failures like real-time ones.
+
+The provider's side is one small class: `OpenAIBatches` here (OpenAI, Azure OpenAI, DashScope), and
+`anthropic_batch.AnthropicBatches` for Anthropic's Message Batches (`--provider anthropic`), which takes the
+requests inline instead of as an uploaded file and reports per request why one went unanswered.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import openai
 
@@ -37,12 +41,19 @@ from distillery.errors import UserError
 from distillery.progress import plain_console
 
 if TYPE_CHECKING:
+    from distillery.anthropic_batch import AnthropicBatches
     from distillery.llm import LLM, ChatResult
+
+T = TypeVar("T")
 
 ENDPOINT = "/v1/chat/completions"
 PROVIDER_MAX_REQUESTS = 50_000  # OpenAI and DashScope: requests per batch file
 PROVIDER_MAX_BYTES = 190 * 1024 * 1024  # OpenAI's 200 MB per file, with room for the upload's envelope
-TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
+ANTHROPIC_MAX_REQUESTS = 100_000  # Anthropic's Message Batches: requests per batch
+ANTHROPIC_MAX_BYTES = 240 * 1024 * 1024  # of its 256 MB per batch, with room for the request's envelope
+TERMINAL = frozenset({"completed", "failed", "expired", "cancelled", "ended"})  # "ended": Anthropic's
+_STOPPING = frozenset({"cancelling", "canceling"})
+CLOCK_SKEW = 600.0  # seconds a provider's clock may differ from ours when a batch is looked for by time
 _QUIET_TICKS = 5  # event-loop turns without a new request before a wave is submitted
 _POLL_BACKOFF = 1.5
 _POLL_CAP = 10  # the poll interval grows to at most this many times --batch-poll
@@ -63,6 +74,95 @@ class BatchRow:
     base_url: str
     api_key_env: str
     created: float
+    provider: str
+
+
+@dataclass
+class Polled:
+    """One look at a batch, in the journal's terms."""
+
+    id: str
+    state: str  # as the provider says it
+    ended: bool
+    answered: int
+    failed: int
+    total: int
+    why: str = ""  # why the whole batch stopped, where the provider says
+    raw: Any = None  # the provider's own object, for its `results`
+
+
+@dataclass
+class Results:
+    """What an ended batch holds: answers (shaped as Chat Completions bodies), per-request errors, and for
+    the requests it never ran, why (`expired`, `failed`, `cancelled`); a request in none of them was never
+    run either, for the batch's own reason."""
+
+    answers: dict[str, dict[str, Any]]
+    errors: dict[str, str]
+    lost: dict[str, str]
+
+
+class OpenAIBatches:
+    """The OpenAI-compatible Batch API: a JSONL input file, `batches.create`, an output and an error file."""
+
+    name = "openai"
+    max_requests = PROVIDER_MAX_REQUESTS
+    max_bytes = PROVIDER_MAX_BYTES
+    route = "/v1/batches"
+    status_error: type[Exception] = openai.APIStatusError
+    transport_errors: tuple[type[Exception], ...] = (openai.APITimeoutError, openai.APIConnectionError)
+
+    def __init__(self, llm: LLM, client: openai.AsyncOpenAI):
+        self.llm = llm
+        self.client = client
+
+    def line(self, key: str, canonical: str) -> bytes:
+        request = json.loads(canonical)
+        sendable = {name: value for name, value in request["params"].items() if value is not None}
+        body = {"model": request["model"], "messages": request["messages"], **self.llm._wire(sendable)}
+        return json.dumps({"custom_id": key, "method": "POST", "url": ENDPOINT, "body": body},
+                          ensure_ascii=False).encode() + b"\n"
+
+    async def prepare(self, lines: list[bytes]) -> str:
+        """Upload the input file; its id names the batch until `create` returns."""
+        uploaded = await self.client.files.create(file=("distillery-batch.jsonl", b"".join(lines),
+                                                        "application/jsonl"), purpose="batch")
+        return uploaded.id
+
+    async def create(self, input_file: str, lines: list[bytes]) -> Polled:
+        return _polled(await self.client.batches.create(input_file_id=input_file, endpoint=ENDPOINT,
+                                                        completion_window="24h"))
+
+    async def find(self, input_file: str, keys: set[str], since: float, known: set[str]) -> Polled | None:
+        """The batch made from this input file, newest first, back to shortly before it was journaled."""
+        async for batch in self.client.batches.list(limit=100):
+            if batch.input_file_id == input_file:
+                return _polled(batch)
+            if batch.created_at < since - CLOCK_SKEW:
+                return None
+        return None
+
+    async def retrieve(self, batch_id: str) -> Polled:
+        return _polled(await self.client.batches.retrieve(batch_id))
+
+    async def results(self, polled: Polled) -> Results:
+        found = Results({}, {}, {})
+        for file_id in (polled.raw.output_file_id, polled.raw.error_file_id):
+            if file_id:
+                for line in (await self.client.files.content(file_id)).text.splitlines():
+                    if line.strip():
+                        _read_line(json.loads(line), found.answers, found.errors)
+        return found
+
+    async def close(self) -> None:
+        """The client is the LLM's own, closed with it."""
+
+
+def _polled(batch: Any) -> Polled:
+    counts = batch.request_counts
+    answered, failed = (counts.completed, counts.failed) if counts is not None else (0, 0)
+    total = counts.total if counts is not None else 0
+    return Polled(batch.id, batch.status, batch.status in TERMINAL, answered, failed, total, _why(batch), batch)
 
 
 class Batcher:
@@ -70,12 +170,18 @@ class Batcher:
 
     def __init__(self, llm: LLM, client: openai.AsyncOpenAI):
         self.llm = llm
-        self.client = client
+        self.api: OpenAIBatches | AnthropicBatches
+        if llm.options.provider == "anthropic":
+            from distillery.anthropic_batch import AnthropicBatches
+
+            self.api = AnthropicBatches(llm)
+        else:
+            self.api = OpenAIBatches(llm, client)
         self.connection = llm.cache.connection
         self.base_url = strip_credentials(llm.options.base_url or "")
         self.model = llm.options.model or ""
         self.pricing = llm.pricing.batched()
-        self.max_requests = min(llm.options.batch_size, PROVIDER_MAX_REQUESTS)
+        self.max_requests = min(llm.options.batch_size, self.api.max_requests)
         self.queue: dict[str, str] = {}  # key -> canonical request, waiting for the next wave
         self.waiting: dict[str, asyncio.Future[ChatResult]] = {}
         self.open_keys: dict[str, int] = {}  # key -> seq of the journaled batch that holds it
@@ -85,9 +191,10 @@ class Batcher:
         self._enqueued = 0
         self._flushing = False
         self._started = False
+        self._found = asyncio.Event()  # set once every batch journaled without an id is found or created
         self._open_rows = self.connection.execute(
-            "SELECT seq, id, input_file FROM batches WHERE collected = 0 AND base_url = ? AND model = ?",
-            (self.base_url, self.model),
+            "SELECT seq, id, input_file FROM batches WHERE collected = 0 AND base_url = ? AND model = ? "
+            "AND provider = ?", (self.base_url, self.model, self.api.name),
         ).fetchall()
         for seq, _, _ in self._open_rows:
             for (key,) in self.connection.execute("SELECT key FROM batch_requests WHERE batch = ?", (seq,)):
@@ -112,8 +219,11 @@ class Batcher:
         """The answer of this request from a batch: one already journaled, or the next wave."""
         if not self._started:
             self._started = True
-            for seq, batch_id, input_file in self._open_rows:
-                self._spawn(self._resume(seq, batch_id, input_file))
+            unnamed = [row for row in self._open_rows if row[1] is None]
+            for seq, batch_id, _ in self._open_rows:
+                if batch_id is not None:
+                    self._spawn(self._watch_or_fail(seq))
+            self._spawn(self._find_unnamed(unnamed))
         future: asyncio.Future[ChatResult] = asyncio.get_running_loop().create_future()
         self.waiting[key] = future
         if key not in self.open_keys:
@@ -125,6 +235,7 @@ class Batcher:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.api.close()
 
     # --- submitting ------------------------------------------------------------------------------------
 
@@ -152,6 +263,7 @@ class Batcher:
             await self._submit(taken)
 
     async def _submit(self, requests: dict[str, str]) -> None:
+        await self._found.wait()  # a batch found by time must not be confused with one of this run's
         for chunk in self._chunks(requests):
             try:
                 self._check_budget()
@@ -160,24 +272,18 @@ class Batcher:
                 self._fail(chunk, exc)
 
     def _chunks(self, requests: dict[str, str]) -> list[dict[str, tuple[str, bytes]]]:
-        """Requests (canonical form and JSONL line) of at most --batch-size and the provider's file size per
+        """Requests (canonical form and wire form) of at most --batch-size and the provider's size per
         batch."""
         chunks: list[dict[str, tuple[str, bytes]]] = [{}]
         size = 0
         for key, canonical in requests.items():
-            line = json.dumps({"custom_id": key, "method": "POST", "url": ENDPOINT, "body": self._body(canonical)},
-                              ensure_ascii=False).encode() + b"\n"
-            if chunks[-1] and (len(chunks[-1]) >= self.max_requests or size + len(line) > PROVIDER_MAX_BYTES):
+            line = self.api.line(key, canonical)
+            if chunks[-1] and (len(chunks[-1]) >= self.max_requests or size + len(line) > self.api.max_bytes):
                 chunks.append({})
                 size = 0
             chunks[-1][key] = (canonical, line)
             size += len(line)
         return [chunk for chunk in chunks if chunk]
-
-    def _body(self, canonical: str) -> dict[str, Any]:
-        request = json.loads(canonical)
-        sendable = {name: value for name, value in request["params"].items() if value is not None}
-        return {"model": request["model"], "messages": request["messages"], **self.llm._wire(sendable)}
 
     def _check_budget(self) -> None:
         from distillery.llm import BudgetReached
@@ -190,16 +296,15 @@ class Batcher:
 
     async def _submit_chunk(self, lines: dict[str, tuple[str, bytes]]) -> None:
         """Upload, journal, create, journal: a kill -9 between any two of these leaves a trace to resume."""
-        data = b"".join(line for _, line in lines.values())
-        uploaded = await self._call(self.client.files.create, file=("distillery-batch.jsonl", data,
-                                                                     "application/jsonl"), purpose="batch")
+        input_file = await self._call(self.api.prepare, [line for _, line in lines.values()])
         now = time.time()
         with self.connection:
             self.connection.execute("BEGIN")
             seq = self.connection.execute(
                 "INSERT INTO batches (id, input_file, base_url, api_key_env, model, state, requests, created, "
-                "updated) VALUES (NULL, ?, ?, ?, ?, 'uploaded', ?, ?, ?)",
-                (uploaded.id, self.base_url, self.llm.options.api_key_env, self.model, len(lines), now, now),
+                "updated, provider) VALUES (NULL, ?, ?, ?, ?, 'uploaded', ?, ?, ?, ?)",
+                (input_file, self.base_url, self.llm.options.api_key_env, self.model, len(lines), now, now,
+                 self.api.name),
             ).lastrowid
             self.connection.executemany(
                 "INSERT INTO batch_requests VALUES (?, ?, ?)",
@@ -209,35 +314,42 @@ class Batcher:
             self.open_keys[key] = seq
             self.submissions[key] += 1
         try:
-            await self._create(seq, uploaded.id)
-        except openai.APIStatusError:
+            await self._create(seq, input_file, [line for _, line in lines.values()])
+        except self.api.status_error:
             self._forget(seq)  # the provider refused it: there is no batch to pay for
             raise
         self._spawn(self._watch_or_fail(seq))  # the next chunk is submitted while this one runs
 
-    async def _create(self, seq: int, input_file: str) -> str:
-        batch = await self._call(self.client.batches.create, input_file_id=input_file, endpoint=ENDPOINT,
-                                 completion_window="24h")
+    async def _create(self, seq: int, input_file: str, lines: list[bytes]) -> None:
+        """`create`, and before any retry a look for the batch the failed attempt may have made after all."""
+        batch = await self._call(self.api.create, input_file, lines, recover=lambda: self._find(seq, input_file))
         self._journal(seq, batch)  # no await since create returned: nothing else runs before this commit
-        return batch.id
 
-    async def _resume(self, seq: int, batch_id: str | None, input_file: str) -> None:
-        """A batch an earlier run journaled: find it if its `create` was never heard back, then poll it."""
+    async def _find(self, seq: int, input_file: str) -> Polled | None:
+        keys = {key for (key,) in self.connection.execute("SELECT key FROM batch_requests WHERE batch = ?", (seq,))}
+        since = self.connection.execute("SELECT created FROM batches WHERE seq = ?", (seq,)).fetchone()[0]
+        known = {batch_id for (batch_id,) in self.connection.execute("SELECT id FROM batches WHERE id IS NOT NULL")}
+        return await self.api.find(input_file, keys, since, known)
+
+    async def _find_unnamed(self, rows: list[tuple[int, None, str]]) -> None:
+        """Batches an earlier run journaled but never heard `create` answer: found again, else created now;
+        then polled. This run submits nothing before they are settled."""
         try:
-            if batch_id is None:
-                found = None
-                async for batch in self.client.batches.list(limit=100):
-                    if batch.input_file_id == input_file:
-                        found = batch
-                        break
-                if found is not None:
-                    self._journal(seq, found)
-                else:
-                    await self._create(seq, input_file)
-        except Exception as exc:
-            self._fail({key: b"" for key, owner in self.open_keys.items() if owner == seq}, exc)
-            return
-        await self._watch_or_fail(seq)
+            for seq, _, input_file in rows:
+                try:
+                    found = await self._call(self._find, seq, input_file)
+                    if found is not None:
+                        self._journal(seq, found)
+                    else:
+                        lines = [self.api.line(key, canonical) for key, canonical in self.connection.execute(
+                            "SELECT key, request FROM batch_requests WHERE batch = ?", (seq,))]
+                        await self._create(seq, input_file, lines)
+                except Exception as exc:
+                    self._fail({key: b"" for key, owner in self.open_keys.items() if owner == seq}, exc)
+                    continue
+                self._spawn(self._watch_or_fail(seq))
+        finally:
+            self._found.set()
 
     def _forget(self, seq: int) -> None:
         with self.connection:
@@ -261,41 +373,33 @@ class Batcher:
         poll = self.llm.options.batch_poll
         delay = poll
         while True:
-            batch = await self._call(self.client.batches.retrieve, batch_id)
+            batch = await self._call(self.api.retrieve, batch_id)
             self._journal(seq, batch)
-            if batch.status in TERMINAL:
+            if batch.ended:
                 await self._collect(seq, batch)
                 return
             await asyncio.sleep(delay)
             delay = min(delay * _POLL_BACKOFF, poll * _POLL_CAP)
 
-    def _journal(self, seq: int, batch: Any) -> None:
-        counts = batch.request_counts
-        answered, failed = (counts.completed, counts.failed) if counts is not None else (0, 0)
+    def _journal(self, seq: int, batch: Polled) -> None:
         previous = self.connection.execute("SELECT state, answered FROM batches WHERE seq = ?", (seq,)).fetchone()
         self.connection.execute(
             "UPDATE batches SET id = ?, state = ?, answered = ?, failed = ?, updated = ? WHERE seq = ?",
-            (batch.id, batch.status, answered, failed, time.time(), seq),
+            (batch.id, batch.state, batch.answered, batch.failed, time.time(), seq),
         )
-        if previous is not None and tuple(previous) != (batch.status, answered):
-            total = counts.total if counts is not None else "?"
-            self.console.print(f"batch {batch.id}: {batch.status}, {answered}/{total} answered, {failed} failed")
+        if previous is not None and tuple(previous) != (batch.state, batch.answered):
+            self.console.print(f"batch {batch.id}: {batch.state}, {batch.answered}/{batch.total or '?'} answered, "
+                               f"{batch.failed} failed")
 
-    async def _collect(self, seq: int, batch: Any) -> None:
+    async def _collect(self, seq: int, batch: Polled) -> None:
         """Store every answer in the response cache, count every failed line, resubmit what an expired or
         failed batch left unanswered, and mark the batch collected: all before any waiter runs."""
         canonicals = dict(self.connection.execute("SELECT key, request FROM batch_requests WHERE batch = ?", (seq,)))
-        answers: dict[str, dict[str, Any]] = {}
-        errors: dict[str, str] = {}
-        for file_id in (batch.output_file_id, batch.error_file_id):
-            if file_id:
-                for line in (await self._call(self.client.files.content, file_id)).text.splitlines():
-                    if line.strip():
-                        _read_line(json.loads(line), answers, errors)
+        found = await self._call(self.api.results, batch)
         results: dict[str, ChatResult] = {}
         with self.connection:
             self.connection.execute("BEGIN")
-            for key, body in answers.items():
+            for key, body in found.answers.items():
                 if key in canonicals:
                     results[key] = self._accept(key, canonicals[key], body)
             self.connection.execute(
@@ -308,14 +412,15 @@ class Batcher:
             self.open_keys.pop(key, None)
             if key in results:
                 continue
-            if key in errors:
-                results[key] = self._failure(f"batch {batch.id}: {errors[key]}", "batch_request")
-            elif key in self.waiting and batch.status != "cancelled" and \
+            state = found.lost.get(key, batch.state)
+            if key in found.errors:
+                results[key] = self._failure(f"batch {batch.id}: {found.errors[key]}", "batch_request")
+            elif key in self.waiting and state != "cancelled" and \
                     self.submissions[key] <= self.llm.options.max_retries:
                 resubmit[key] = canonical
             elif key in self.waiting:
-                results[key] = self._failure(f"batch {batch.id} {batch.status} before answering{_why(batch)}",
-                                             f"batch_{batch.status}")
+                why = f" ({batch.why})" if batch.why else ""
+                results[key] = self._failure(f"batch {batch.id} {state} before answering{why}", f"batch_{state}")
         for key, result in results.items():
             future = self.waiting.pop(key, None)
             if future is not None and not future.done():
@@ -358,25 +463,32 @@ class Batcher:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _call(self, method: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any) -> Any:
-        """One batch API call with the run's retries; an endpoint without the Batch API is the user's to fix."""
+    async def _call(self, method: Callable[..., Awaitable[T]], *args: Any,
+                    recover: Callable[[], Awaitable[T | None]] | None = None) -> T:
+        """One batch API call with the run's retries; an endpoint without the Batch API is the user's to fix.
+        `recover`, before a retry, may find what the failed attempt did after all (a batch it created)."""
         options = self.llm.options
         for attempt in range(options.max_retries + 1):
             try:
-                return await method(*args, **kwargs)
-            except openai.APIStatusError as exc:
-                if exc.status_code in (401, 403, 404, 405):
+                return await method(*args)
+            except self.api.status_error as exc:
+                status = getattr(exc, "status_code", 0)
+                if status in (401, 403, 404, 405):
+                    message = self.llm.redact(str(getattr(exc, "message", exc)))[:300]
                     raise UserError(
-                        f"{self.llm.url} answered HTTP {exc.status_code} to a Batch API call for model "
-                        f"{self.model!r}: {self.llm.redact(exc.message)[:300]} (does it offer /v1/batches? "
-                        "drop --batch to send requests one by one)"
+                        f"{self.llm.url} answered HTTP {status} to a Batch API call for model {self.model!r}: "
+                        f"{message} (does it offer {self.api.route}? drop --batch to send requests one by one)"
                     ) from None
-                if exc.status_code not in (408, 409, 429) and exc.status_code < 500 or attempt == options.max_retries:
+                if status not in (408, 409, 429) and status < 500 or attempt == options.max_retries:
                     raise
-            except (openai.APITimeoutError, openai.APIConnectionError):
+            except self.api.transport_errors:
                 if attempt == options.max_retries:
                     raise
             await asyncio.sleep(self.llm._backoff(attempt, None))
+            if recover is not None:
+                found = await recover()
+                if found is not None:
+                    return found
         raise AssertionError("unreachable")
 
 
@@ -398,7 +510,7 @@ def _read_line(line: dict[str, Any], answers: dict[str, dict[str, Any]], errors:
 
 def _why(batch: Any) -> str:
     errors = getattr(getattr(batch, "errors", None), "data", None) or []
-    return f" ({errors[0].message})" if errors and getattr(errors[0], "message", None) else ""
+    return str(errors[0].message) if errors and getattr(errors[0], "message", None) else ""
 
 
 def state_files(path: Path) -> list[Path]:
@@ -428,8 +540,8 @@ def list_batches(path: Path) -> list[BatchRow]:
 
 def _rows(connection: sqlite3.Connection) -> list[BatchRow]:
     return [BatchRow(*row[:6], bool(row[6]), *row[7:]) for row in connection.execute(
-        "SELECT seq, id, state, requests, answered, failed, collected, model, base_url, api_key_env, created "
-        "FROM batches ORDER BY seq")]
+        "SELECT seq, id, state, requests, answered, failed, collected, model, base_url, api_key_env, created, "
+        "provider FROM batches ORDER BY seq")]
 
 
 def cancel_batches(path: Path) -> list[tuple[BatchRow, str]]:
@@ -440,28 +552,38 @@ def cancel_batches(path: Path) -> list[tuple[BatchRow, str]]:
         connection = connect(state)
         try:
             for row in _rows(connection):
-                if row.id is None or row.state in TERMINAL or row.collected:
+                if row.id is None or row.state in TERMINAL or row.state in _STOPPING or row.collected:
                     continue
-                client = openai.OpenAI(api_key=os.environ.get(row.api_key_env) or "not-needed", base_url=row.base_url)
-                try:
-                    batch = client.batches.cancel(row.id)
-                except openai.APIError as exc:
-                    raise UserError(f"{row.base_url}: cannot cancel batch {row.id}: {exc}") from None
-                finally:
-                    client.close()
+                key = os.environ.get(row.api_key_env) or "not-needed"
+                if row.provider == "anthropic":
+                    from distillery.anthropic_batch import cancel
+
+                    status = cancel(row.id, row.base_url, key)
+                else:
+                    status = _cancel(row.id, row.base_url, key)
                 connection.execute("UPDATE batches SET state = ?, updated = ? WHERE seq = ?",
-                                   (batch.status, time.time(), row.seq))
-                cancelled.append((row, batch.status))
+                                   (status, time.time(), row.seq))
+                cancelled.append((row, status))
         finally:
             connection.close()
     return cancelled
+
+
+def _cancel(batch_id: str, base_url: str, key: str) -> str:
+    client = openai.OpenAI(api_key=key, base_url=base_url)
+    try:
+        return client.batches.cancel(batch_id).status
+    except openai.APIError as exc:
+        raise UserError(f"{base_url}: cannot cancel batch {batch_id}: {exc}") from None
+    finally:
+        client.close()
 
 
 def batch_plan(kind: str, requests: int, options: Any) -> str:
     """What `--dry-run` says a batch step will submit: `kind` is `single` (every request known up front),
     `staged` (each record's next stage waits for its last answer; `requests` is then the most stages a record
     takes) or `source` (self-instruct: rounds of --concurrency requests)."""
-    size = min(options.batch_size, PROVIDER_MAX_REQUESTS)
+    size = min(options.batch_size, ANTHROPIC_MAX_REQUESTS if options.provider == "anthropic" else PROVIDER_MAX_REQUESTS)
     if kind == "single":
         return f"submitted at once as {-(-requests // size)} batch(es) of up to {size:,} requests"
     if kind == "staged":

@@ -72,6 +72,8 @@ _MIGRATIONS = [
     """,
     "CREATE TABLE batch_requests (batch INTEGER NOT NULL, key TEXT NOT NULL, request TEXT NOT NULL, "
     "PRIMARY KEY (batch, key))",
+    # Which batch API holds the batch (`openai` or `anthropic`), so `distillery batches --cancel` asks the right one.
+    "ALTER TABLE batches ADD COLUMN provider TEXT NOT NULL DEFAULT 'openai'",
 ]
 
 

@@ -107,8 +107,10 @@ _ENDPOINT_FLAGS: dict[str, tuple[type, str, str]] = {
                      "directory or name, NVIDIA GPU; needs distillery\\[vllm])."),
     "batch": (bool, "--batch", "Send requests through the provider's Batch API (half price, answers within 24 h); "
               "a re-run collects submitted batches instead of paying again."),
-    "batch_size": (int, "--batch-size", "Most requests per batch (the provider allows up to 50,000)."),
+    "batch_size": (int, "--batch-size", "Most requests per batch (OpenAI allows up to 50,000, Anthropic 100,000)."),
     "batch_poll": (float, "--batch-poll", "Seconds between polls of a batch's state (grows with backoff)."),
+    "provider": (str, "--provider", "openai (any OpenAI-compatible API) or anthropic (Message Batches with --batch; "
+                 "key from ANTHROPIC_API_KEY) \\[default: anthropic for api.anthropic.com, else openai]."),
 }
 
 

@@ -32,11 +32,22 @@ PRICES_PER_MILLION: dict[str, tuple[float, float]] = {
     "qwen-max": (1.60, 6.40),
     "qwen-plus": (0.40, 1.20),
     "qwen-turbo": (0.05, 0.20),
+    "claude-opus-4-5": (5.00, 25.00),
+    "claude-opus-4-1": (15.00, 75.00),
+    "claude-opus-4": (15.00, 75.00),
+    "claude-sonnet-4-5": (3.00, 15.00),
+    "claude-sonnet-4": (3.00, 15.00),
+    "claude-haiku-4-5": (1.00, 5.00),
+    "claude-3-7-sonnet": (3.00, 15.00),
+    "claude-3-5-sonnet": (3.00, 15.00),
+    "claude-3-5-haiku": (0.80, 4.00),
+    "claude-3-opus": (15.00, 75.00),
+    "claude-3-haiku": (0.25, 1.25),
 }
 
 
-# The batch APIs distillery speaks (OpenAI's, Azure OpenAI's and DashScope's OpenAI-compatible batch files)
-# bill every model at half its real-time price, for answers within 24 hours.
+# The batch APIs distillery speaks (OpenAI's, Azure OpenAI's and DashScope's OpenAI-compatible batch files,
+# Anthropic's Message Batches) bill every model at half its real-time price, for answers within 24 hours.
 BATCH_PRICE_FACTOR = 0.5
 
 

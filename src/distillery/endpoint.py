@@ -12,6 +12,8 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 from distillery.errors import UserError
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
+ANTHROPIC_BASE_URL = "https://api.anthropic.com/v1"
+PROVIDERS = ("openai", "anthropic")
 
 
 @dataclass
@@ -44,6 +46,7 @@ class EndpointOptions:
     batch: bool = False
     batch_size: int = 50_000
     batch_poll: float = 30.0
+    provider: str | None = None
 
     def resolve(self) -> EndpointOptions:
         """Fill model and URL from the environment and reject impossible settings with a clear message."""
@@ -56,9 +59,18 @@ class EndpointOptions:
                 "(or OPENAI_BASE_URL) at an OpenAI-compatible endpoint, e.g. "
                 "--base-url http://localhost:11434/v1 --model qwen2.5:7b for Ollama"
             )
-        base_url = self.base_url or os.environ.get("OPENAI_BASE_URL") or OPENAI_BASE_URL
+        if self.provider is not None and self.provider not in PROVIDERS:
+            raise UserError(f"--provider must be one of {', '.join(PROVIDERS)}, not {self.provider!r}")
+        if self.provider == "anthropic":
+            base_url = self.base_url or os.environ.get("ANTHROPIC_BASE_URL") or ANTHROPIC_BASE_URL
+        else:
+            base_url = self.base_url or os.environ.get("OPENAI_BASE_URL") or OPENAI_BASE_URL
+        provider = self.provider or ("anthropic" if urlsplit(base_url).hostname == "api.anthropic.com" else "openai")
+        api_key_env = self.api_key_env
+        if provider == "anthropic" and api_key_env == "OPENAI_API_KEY":
+            api_key_env = "ANTHROPIC_API_KEY"  # the default follows the provider; --api-key-env still wins
         self._check_limits()
-        return replace(self, model=model, base_url=base_url)
+        return replace(self, model=model, base_url=base_url, provider=provider, api_key_env=api_key_env)
 
     def _resolve_local(self) -> EndpointOptions:
         """A local model is its own name: the file's identity, so the cache never mixes two models. The

@@ -11,7 +11,8 @@ self-instruct's pool) therefore submit a wave per stage or per round of `--concu
 Never paying twice rests on the run state (tables `batches` and `batch_requests`): a batch's input file
 and request keys are committed before `create` is sent, and its id in the same step as `create`
 returns, with no await in between. A run started again polls every batch not yet collected, finds one
-whose `create` it never heard back from by its input file, and sends none of their requests again.
+whose `create` it never heard back from by its input file, and sends none of their requests again; a
+`create` that failed in transit is looked for the same way before it is retried.
 Answers land in the same response cache as real-time answers. Expired or failed batches keep what they
 answered and resubmit only the rest (`resubmitted`); per-request errors are failures like real-time ones.
 

@@ -856,7 +856,7 @@ def self_instruct(
         err_console.print(f"stopped: {result.stopped}. Re-run the same command to continue; "
                           "answers so far are cached.")
     elif result.stopped:  # the teacher ignores the format: the reason says what to change instead
-        err_console.print(f"stopped: {result.stopped}.", highlight=False)
+        err_console.print(f"stopped: {result.stopped}.", highlight=False, soft_wrap=True)
     raise typer.Exit(result.exit_code)
 
 

@@ -82,6 +82,7 @@ class LLMStep(Step):
 
     name = "llm"
     barrier = True  # answers come back in any order; records leave in input order
+    asks_model = True
     recipe_defaults: dict[str, Any] = {}  # noqa: RUF012 - read only; endpoint options neither run nor step set
     # Drop reasons a command writes to OUTPUT.failed.jsonl and counts as failures (exit 3), not rejections.
     failure_reasons: tuple[str, ...] = ("request_failed",)
@@ -167,6 +168,7 @@ class LLMSource(Source):
     are endpoint options the recipe wants where neither the run nor the step sets them."""
 
     name = "llm_source"
+    asks_model = True
     recipe_defaults: dict[str, Any] = {}  # noqa: RUF012 - read only
 
     def __init__(self, options: Any = None, /, **values: Any) -> None:

@@ -19,18 +19,19 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from distillery.cache import prepare_state, state_path
 from distillery.convert import RejectFile
-from distillery.cost import RunStats
+from distillery.endpoint import EndpointOptions
 from distillery.errors import InputError
 from distillery.io import file_format, iter_located, sidecar, write_records
-from distillery.llm import EndpointOptions, exit_status
-from distillery.llm_step import LLMSource, LLMStep
 from distillery.state import RunState
 from distillery.step import Context, Record, Step
 from distillery.summary import rejection, write_summary
+
+if TYPE_CHECKING:  # the model client (openai, aiohttp) is imported only by steps that ask a model
+    from distillery.cost import RunStats
 
 REQUEST_FAILED = "request_failed"
 
@@ -61,6 +62,8 @@ class StepRun:
 
     @property
     def exit_code(self) -> int:
+        from distillery.llm import exit_status
+
         return exit_status(self.incomplete, self.budget)
 
 
@@ -81,7 +84,7 @@ def run_one_step(
     before OUTPUT exists."""
     output = Path(output)
     file_format(output)
-    asks_model = isinstance(step, LLMStep | LLMSource)
+    asks_model = step.asks_model
     failing = set(getattr(step, "failure_reasons", (REQUEST_FAILED,)))
     started = time.perf_counter()
     failures: list[Record] = []

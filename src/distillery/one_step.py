@@ -120,7 +120,9 @@ def run_one_step(
     else:
         failed_path.unlink(missing_ok=True)
     stopped = context.stopped or context.unfinished
-    incomplete = context.incomplete or bool(failures)
+    # A request failure leaves the run incomplete where the step says so (self-instruct may still reach --num);
+    # a failure of the step's own kind (an unreadable score) always does.
+    incomplete = context.incomplete or any(entry["reason"] != REQUEST_FAILED for entry in failures)
     model = endpoint.model if endpoint is not None else None
     path = write_summary(output, [step.stats], {
         **meta, "output": str(output), **({"model": model} if asks_model else {}), "stopped": stopped,

@@ -73,3 +73,14 @@ def cli_exe() -> str:
 
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run([cli_exe(), *args], capture_output=True, text=True, env=env or cli_env(), timeout=timeout)
+
+
+def reported(output: Path, tmp_path: Path):
+    """`distillery report OUTPUT` on a command's output must read OUTPUT's summary and rejects (exit 0);
+    returns what the report read of them (its stages, and example rejections by reason)."""
+    from distillery.report import ReportOptions, collect
+
+    page = tmp_path / f"{output.name}.report.html"
+    done = run_cli("report", str(output), "-o", str(page), "--lang-sample", "0")
+    assert done.returncode == 0, done.stderr
+    return collect(ReportOptions([output], output=page, lang_sample=0))[0].rejections

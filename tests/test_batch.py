@@ -18,6 +18,8 @@ from test_pipeline_self_instruct import NO_LANG, check_run
 from test_respond import alpaca_file
 from test_self_instruct import Teacher
 
+from distillery.summary import StageStats, Summary
+
 FAST = ("--batch", "--batch-poll", "0.05")
 PRICES = ("--price-input", "1", "--price-output", "2")
 
@@ -27,8 +29,10 @@ def respond(tmp_path, server, *extra: str, name: str = "out.json"):
                    env=cli_env(server))
 
 
-def summary_of(path) -> dict:
-    return json.loads(path.with_name(path.name + ".summary.json").read_text())
+def stage_of(path) -> StageStats:
+    """The one stage of a command's summary, OUTPUT.summary.json."""
+    (stage,) = Summary.read(path.with_name(path.name + ".summary.json")).stages
+    return stage
 
 
 def expected_output(record: dict) -> str:
@@ -45,16 +49,16 @@ def test_respond_batch_matches_real_time_at_half_price_and_shares_the_cache(fake
     assert real.returncode == 0, real.stderr
     batch_out, real_out = (json.loads((tmp_path / name).read_text()) for name in ("batch.json", "real.json"))
     assert batch_out == real_out and [r["output"] for r in batch_out] == [expected_output(r) for r in records]
-    batch_requests, real_requests = (summary_of(tmp_path / name)["requests"] for name in ("batch.json", "real.json"))
-    assert batch_requests["sent"] == real_requests["sent"] == 1000 and batch_requests["batched"] == 1000
-    assert batch_requests["prompt_tokens"] == real_requests["prompt_tokens"]
-    assert batch_requests["cost_usd"] == pytest.approx(real_requests["cost_usd"] / 2)
-    assert batch_requests["batch_saved_usd"] == pytest.approx(real_requests["cost_usd"] / 2)
+    batch_stage, real_stage = (stage_of(tmp_path / name) for name in ("batch.json", "real.json"))
+    assert batch_stage.sent == real_stage.sent == 1000 and batch_stage.notes["batched"] == 1000
+    assert batch_stage.prompt_tokens == real_stage.prompt_tokens
+    assert batch_stage.cost_usd == pytest.approx(real_stage.cost_usd / 2)
+    assert batch_stage.notes["batch_saved_usd"] == pytest.approx(real_stage.cost_usd / 2)
 
     sent = len(fake_server.requests)
     again = respond(tmp_path, fake_server, name="batch.json")  # real time after a batch run: all cached
     assert again.returncode == 0 and len(fake_server.requests) == sent
-    assert summary_of(tmp_path / "batch.json")["requests"]["cached"] == 1000
+    assert stage_of(tmp_path / "batch.json").cached == 1000
     reused = respond(tmp_path, fake_server, *FAST, name="real.json")  # a batch run after a real-time run
     assert reused.returncode == 0 and len(fake_server.batches) == 1 and len(fake_server.requests) == sent
 
@@ -81,7 +85,7 @@ def test_kill_9_after_submission_then_rerun_collects_without_submitting_again(fa
     assert len(fake_server.batches) == 1 and set(fake_server.batch_submitted.values()) == {1}
     assert len(fake_server.requests) == 300  # the batch's lines only: nothing was sent in real time
     assert [r["output"] for r in json.loads(out.read_text())] == [expected_output(r) for r in records]
-    assert summary_of(out)["requests"]["batched"] == 300
+    assert stage_of(out).notes["batched"] == 300
 
 
 def test_kill_9_before_create_returned_finds_the_batch_by_its_file(fake_server, tmp_path):
@@ -113,7 +117,7 @@ def test_expired_batch_keeps_its_answers_and_resubmits_only_the_rest(fake_server
     first, second = (fake_server.batch_lines[f"batch_{n}"] for n in (1, 2))
     assert len(first) == 100 and len(second) == 40
     assert {line["custom_id"] for line in second} == {line["custom_id"] for line in first[60:]}
-    assert summary_of(tmp_path / "out.json")["requests"]["resubmitted"] == 40
+    assert stage_of(tmp_path / "out.json").notes["resubmitted"] == 40
     assert [r["output"] for r in json.loads((tmp_path / "out.json").read_text())] == [
         expected_output(r) for r in records]
 
@@ -124,7 +128,7 @@ def test_expired_batch_without_retries_fails_the_rest_and_a_rerun_submits_only_t
     done = respond(tmp_path, fake_server, *FAST, "--max-retries", "0")
     assert done.returncode == 3
     failed = (tmp_path / "out.json.failed.jsonl").read_text().splitlines()
-    assert len(failed) == 40 and "expired" in json.loads(failed[0])["error"]
+    assert len(failed) == 40 and "expired" in json.loads(failed[0])["detail"]
     assert len(json.loads((tmp_path / "out.json").read_text())) == 60
     again = respond(tmp_path, fake_server, *FAST, "--max-retries", "0")
     assert again.returncode == 0, again.stderr
@@ -141,9 +145,9 @@ def test_request_errors_inside_a_batch_go_to_the_failed_file(fake_server, tmp_pa
     assert done.returncode == 3
     assert [r["id"] for r in json.loads((tmp_path / "out.json").read_text())] == [0, 1, 2, 4, 5]
     failed = [json.loads(line) for line in (tmp_path / "out.json.failed.jsonl").read_text().splitlines()]
-    assert failed[0]["id"] == 3 and "bad prompt" in failed[0]["error"]
-    requests = summary_of(tmp_path / "out.json")["requests"]
-    assert requests["failed"] == 1 and requests["failures_by_kind"] == {"batch_request": 1}
+    assert failed[0]["record"]["id"] == 3 and "bad prompt" in failed[0]["detail"]
+    stage = stage_of(tmp_path / "out.json")
+    assert stage.failed == 1 and stage.notes["failed_batch_request"] == 1
 
 
 def test_endpoint_without_a_batch_api_is_one_clear_line(fake_server, tmp_path):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import cli_env, cli_exe, run_cli
+from conftest import cli_env, cli_exe, reported, run_cli
 from fake_openai import Reply
 from tiny_tokenizer import CHATML_JINJA, build_tiny_tokenizer
 
@@ -33,6 +33,7 @@ from distillery.chat import (
 from distillery.chat_options import parse_turns
 from distillery.errors import UserError
 from distillery.export import IGNORE_INDEX
+from distillery.summary import Summary
 from distillery.tokens import load_tokenizer
 
 VOCAB = [f"{a}{b}" for a in ("ka", "lo", "mi", "nu", "pe", "ro", "su", "ti") for b in "abcdefghijklmnopqrstuvwxyz"]
@@ -116,8 +117,8 @@ def test_turns_3_to_5_alternate_stay_in_range_and_record_why_they_ended(fake_ser
     assert reasons[REPEATED]["detail"]["score"] == 1.0
     assert reasons[USER_ANSWERED]["record"] == {"topic": "opens-answering 0"}
     assert reasons[USER_ANSWERED]["detail"]["rounds"] == 0
-    summary = json.loads((tmp_path / "chats.jsonl.summary.json").read_text())
-    assert summary["conversations_written"] == 23 and summary["ended"][USER_ENDED] == 1
+    summary = Summary.read(tmp_path / "chats.jsonl.summary.json")
+    assert summary.stages[0].kept == 23 and summary.meta["ended"][USER_ENDED] == 1
 
     # Each answer request carries the system prompt and the whole conversation so far.
     answers = [b for b in fake_server.requests if b["messages"][0]["role"] == "system"]
@@ -167,6 +168,29 @@ def test_question_and_alpaca_seeds_are_the_first_turn_and_a_cut_answer_ends_the_
     assert first_turns == [], "a question seed is the first turn: the simulator is not asked to open"
 
 
+def test_chat_writes_the_one_summary_and_rejection_schema_that_report_reads(fake_server, tmp_path):
+    def script(body: dict, number: int) -> Reply | str:
+        if "Topic: fails" in body["messages"][-1]["content"]:
+            return Reply(status=400, error="refused")
+        return conversation_script(body, number)
+
+    fake_server.script = script
+    out = tmp_path / "chats.jsonl"
+    done = run_cli("chat", str(topics_file(tmp_path / "topics.jsonl", 3, ("ai-at-3", "fails"))), "-o", str(out),
+                   "--turns", "3", "--max-retries", "0", env=cli_env(fake_server))
+    assert done.returncode == 3 and "1 conversation(s) failed after retries" in done.stderr
+    summary = Summary.read(tmp_path / "chats.jsonl.summary.json")
+    assert summary.meta["command"] == "chat" and summary.meta["ended"] == {BROKE_CHARACTER: 1}
+    (stage,) = summary.stages
+    assert (stage.stage, stage.seen, stage.kept) == ("chat", 3, 2)
+    assert stage.dropped == {BROKE_CHARACTER: 1, "request_failed": 1}
+    (failed,) = read_jsonl(tmp_path / "chats.jsonl.failed.jsonl")
+    assert (failed["stage"], failed["reason"], failed["record"]) == ("chat", "request_failed", {"topic": "fails 1"})
+    rejections = reported(out, tmp_path)
+    assert [(s.name, s.seen, s.kept) for s in rejections.stages] == [("chat", 3, 2)]
+    assert list(rejections.examples) == [BROKE_CHARACTER]
+
+
 def test_kill_9_resumes_each_conversation_at_its_last_round_and_sends_nothing_twice(fake_server, tmp_path):
     fake_server.script = conversation_script
     fake_server.latency = 0.01
@@ -196,8 +220,8 @@ def test_kill_9_resumes_each_conversation_at_its_last_round_and_sends_nothing_tw
     assert twice <= 8, "only requests in flight at the kill (4 per model) are sent again"
     assert set(sent) == set(uninterrupted)
     assert out.read_bytes() == (tmp_path / "clean.jsonl").read_bytes()
-    summary = json.loads((tmp_path / "out.jsonl.summary.json").read_text())
-    assert summary["replayed"] > 0 and summary["requests"]["sent"] == len(fake_server.requests) - before
+    (stage,) = Summary.read(tmp_path / "out.jsonl.summary.json").stages
+    assert stage.notes["replayed"] > 0 and stage.sent == len(fake_server.requests) - before
 
     fake_server.requests.clear()
     again = run_cli(*args, env=cli_env(fake_server))

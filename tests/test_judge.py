@@ -13,10 +13,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import cli_env, run_cli
+from conftest import cli_env, reported, run_cli
 from fake_openai import Reply, user_text
 
 from distillery.score import parse_score, parse_verdict
+from distillery.summary import Summary
 
 
 def write_jsonl(path: Path, records: list[dict]) -> Path:
@@ -66,10 +67,10 @@ def test_score_reads_every_real_world_format_and_counts_unparseable_replies(fake
     assert rationale["Task 0"] == "Correct and clear." and rationale["任务三"] == "回答准确。"
     assert rationale["Task 2"] == "Right but thin."
     failed = read_jsonl(tmp_path / "scored.jsonl.failed.jsonl")
-    assert [(r["id"], "unparseable_score" in r["error"]) for r in failed] == [(6, True), (7, True)]
-    assert "cannot judge" in failed[0]["error"] and "scores" not in failed[0]
-    summary = json.loads((tmp_path / "scored.jsonl.summary.json").read_text())
-    assert summary["unparseable"] == 2 and summary["records_written"] == 6
+    assert [(r["record"]["id"], r["reason"]) for r in failed] == [(6, "unparseable_score"), (7, "unparseable_score")]
+    assert "cannot judge" in failed[0]["detail"]["reply"] and "scores" not in failed[0]["record"]
+    (stage,) = Summary.read(tmp_path / "scored.jsonl.summary.json").stages
+    assert stage.dropped == {"unparseable_score": 2} and stage.kept == 6
     prompts = {instruction_in(user_text(b)): user_text(b) for b in fake_server.requests}
     assert "【回答】" in prompts["任务三"] and "[Response]" in prompts["Task 0"]  # Chinese judged in Chinese
     assert all(b["temperature"] == 0.0 for b in fake_server.requests)
@@ -116,6 +117,27 @@ def biased_judge(body: dict, number: int) -> Reply:
     return Reply(text=f"Better: {better}\nRationale: answer {better} is better.")
 
 
+def test_score_writes_the_one_summary_and_failure_schema_that_report_reads(fake_server, tmp_path):
+    fake_server.script = judge_script
+    out = tmp_path / "scored.jsonl"
+    source = write_jsonl(tmp_path / "in.jsonl", [
+        {"instruction": name, "input": "", "output": "answer"} for name in ("Task 0", "Task 6", "Task 2")])
+    done = run_cli("score", str(source), "-o", str(out), env=cli_env(fake_server))
+    assert done.returncode == 3 and "1 repl(ies) held no readable score" in done.stderr
+    assert "failed after retries" not in done.stderr, "an unreadable reply is not a failed request"
+    summary = Summary.read(tmp_path / "scored.jsonl.summary.json")
+    assert summary.meta["command"] == "score" and summary.meta["criteria"] == ["alpagasus"]
+    assert summary.meta["incomplete"] is True
+    (stage,) = summary.stages
+    assert (stage.stage, stage.seen, stage.kept, stage.sent) == ("score", 3, 2, 3)
+    assert stage.dropped == {"unparseable_score": 1}
+    (failed,) = read_jsonl(tmp_path / "scored.jsonl.failed.jsonl")
+    assert set(failed) == {"stage", "reason", "detail", "record"} and failed["record"]["instruction"] == "Task 6"
+    rejections = reported(out, tmp_path)
+    assert [(s.name, s.seen, s.kept, dict(s.dropped)) for s in rejections.stages] == [
+        ("score", 3, 2, {"unparseable_score": 1})]
+
+
 def test_pairwise_cancels_position_bias_and_flips_exactly_when_swapped(fake_server, tmp_path):
     fake_server.script = biased_judge
     source = write_jsonl(tmp_path / "pairs.jsonl", [
@@ -147,7 +169,7 @@ def test_pairwise_cancels_position_bias_and_flips_exactly_when_swapped(fake_serv
         {"instruction": "Q0", "input": "", "chosen": "GOOD answer", "rejected": "weak answer"},
         {"instruction": "Q1", "input": "", "chosen": "GOOD answer", "rejected": "weak answer"},
     ]
-    assert "tie" in read_jsonl(tmp_path / "data" / "prefs.json.rejected.jsonl")[0]["reason"]
+    assert "tie" in read_jsonl(tmp_path / "data" / "prefs.json.rejected.jsonl")[0]["detail"]["problem"]
     entry = json.loads((info / "dataset_info.json").read_text())["prefs"]
     assert entry == {"file_name": "prefs.json", "ranking": True, "columns": {
         "prompt": "instruction", "query": "input", "chosen": "chosen", "rejected": "rejected"}}

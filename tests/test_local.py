@@ -175,17 +175,17 @@ def test_vllm_engine_answers_caches_and_counts_through_the_client(fake_vllm, tmp
     assert all(params == {"temperature": 0.0, "max_tokens": 4} for params in fake_vllm.params)
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [row["output"] for row in rows] == [" ".join(["echo", *row["instruction"].split()][:4]) for row in rows]
-    summary = json.loads(Path(f"{out}.summary.json").read_text())
+    summary = Summary.read(f"{out}.summary.json")
     prompt_words = sum(len(row["instruction"].split()) for row in rows)
-    keys = ("sent", "cached", "failed", "prompt_tokens", "completion_tokens")
-    counts = {key: summary["requests"][key] for key in keys}
-    assert counts == {"sent": 5, "cached": 0, "failed": 0, "prompt_tokens": prompt_words, "completion_tokens": 20}
-    assert summary["model"].startswith("vllm/tiny:")
+    (stage,) = summary.stages
+    counts = (stage.sent, stage.cached, stage.failed, stage.prompt_tokens, stage.completion_tokens)
+    assert counts == (5, 0, 0, prompt_words, 20)
+    assert summary.meta["model"].startswith("vllm/tiny:")
 
     assert _cli(monkeypatch, *args) == 0
     assert sum(len(batch) for batch in fake_vllm.batches) == 5  # the re-run sent nothing to the engine
-    again = json.loads(Path(f"{out}.summary.json").read_text())["requests"]
-    assert (again["sent"], again["cached"], again["cached_completion_tokens"]) == (0, 5, 20)
+    (again,) = Summary.read(f"{out}.summary.json").stages
+    assert (again.sent, again.cached, again.completion_tokens) == (0, 5, 0)
 
 
 def test_a_request_vllm_refuses_fails_alone_and_is_not_retried(fake_vllm, tmp_path, monkeypatch):

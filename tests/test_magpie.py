@@ -8,11 +8,12 @@ import json
 import sqlite3
 from pathlib import Path
 
-from conftest import cli_env, run_cli
+from conftest import cli_env, reported, run_cli
 from fake_openai import Reply
 from test_local import needs_model
 
 from distillery.formats import to_messages
+from distillery.summary import Summary
 
 LLAMA3_USER = "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n"
 LLAMA3_TO_ASSISTANT = "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
@@ -61,8 +62,8 @@ def test_llama3_bodies_carry_the_pre_query_template_and_turns_continue_it(fake_s
     second = [b for b in queries if b["prompt"] != LLAMA3_USER]
     assert all(LLAMA3_TO_ASSISTANT + " Answer" not in b["prompt"] for b in second), "turns are written back stripped"
     assert all(b["prompt"].count("<|start_header_id|>user") == 2 for b in second)
-    summary = json.loads((tmp_path / "magpie.jsonl.summary.json").read_text())
-    assert summary["pre_query_template"] == LLAMA3_USER and summary["conversations_written"] == 3
+    summary = Summary.read(tmp_path / "magpie.jsonl.summary.json")
+    assert summary.meta["pre_query_template"] == LLAMA3_USER and summary.stages[0].kept == 3
 
     fake_server.completions.clear()
     again = run_cli(*args, env=cli_env(fake_server))
@@ -85,13 +86,15 @@ def test_the_family_is_told_from_the_model_name_with_its_default_system(fake_ser
     assert read_jsonl(tmp_path / "s.jsonl")[0]["system"] == "Be terse."
 
 
-def test_empty_or_cut_off_turns_are_rejected_with_their_reason(fake_server, tmp_path):
-    def script(body: dict, number: int) -> Reply:
-        if body["prompt"].endswith("<|im_start|>assistant\n"):
-            return Reply(text="cut", finish_reason="length") if "second" in body["prompt"] else Reply(text="Fine.")
-        return Reply(text=["first?", "second?", "  "][body["seed"] // 100 % 3])
+def cut_script(body: dict, number: int) -> Reply:
+    """Conversation 0 is fine, 1 has its answer cut off, 2 has an empty query."""
+    if body["prompt"].endswith("<|im_start|>assistant\n"):
+        return Reply(text="cut", finish_reason="length") if "second" in body["prompt"] else Reply(text="Fine.")
+    return Reply(text=["first?", "second?", "  "][body["seed"] // 100 % 3])
 
-    fake_server.completion_script = script
+
+def test_empty_or_cut_off_turns_are_rejected_with_their_reason(fake_server, tmp_path):
+    fake_server.completion_script = cut_script
     out = tmp_path / "out.jsonl"
     done = run_cli("magpie", "-o", str(out), "--num", "3", "--template-family", "chatml", "--model", "m",
                    "--seed", "0", env=cli_env(fake_server))
@@ -99,6 +102,22 @@ def test_empty_or_cut_off_turns_are_rejected_with_their_reason(fake_server, tmp_
     assert [r["conversations"][0]["value"] for r in read_jsonl(out)] == ["first?"]
     rejected = read_jsonl(tmp_path / "out.jsonl.rejected.jsonl")
     assert [(r["stage"], r["reason"]) for r in rejected] == [("magpie", "truncated_answer"), ("magpie", "empty_query")]
+
+
+def test_magpie_writes_the_one_summary_and_rejection_schema_that_report_reads(fake_server, tmp_path):
+    fake_server.completion_script = cut_script
+    out = tmp_path / "out.jsonl"
+    done = run_cli("magpie", "-o", str(out), "--num", "3", "--template-family", "chatml", "--model", "m",
+                   "--seed", "0", env=cli_env(fake_server))
+    assert done.returncode == 0, done.stderr
+    summary = Summary.read(tmp_path / "out.jsonl.summary.json")
+    assert summary.meta["command"] == "magpie" and summary.meta["template_family"] == "chatml"
+    (stage,) = summary.stages
+    assert (stage.stage, stage.seen, stage.kept) == ("magpie", 3, 1) and stage.sent == len(fake_server.completions)
+    assert stage.dropped == {"truncated_answer": 1, "empty_query": 1}
+    rejections = reported(out, tmp_path)
+    assert [(s.name, s.seen, s.kept) for s in rejections.stages] == [("magpie", 3, 1)]
+    assert set(rejections.examples) == {"truncated_answer", "empty_query"}
 
 
 def test_chat_only_endpoints_and_unknown_templates_are_refused_in_one_line(fake_server, tmp_path):
@@ -130,10 +149,10 @@ def test_magpie_on_the_embedded_teacher_sends_its_chatml_template(tmp_path):
                    "--instruction-tokens", "48", "--seed", "1", "--system",
                    "Answer every question in one short sentence.", env=cli_env(), timeout=300)
     assert done.returncode == 0, done.stderr
-    summary = json.loads((tmp_path / "local.jsonl.summary.json").read_text())
-    assert summary["template_family"] == "chatml"
+    summary = Summary.read(tmp_path / "local.jsonl.summary.json")
+    assert summary.meta["template_family"] == "chatml"
     records = read_jsonl(out)
-    rejected = read_jsonl(tmp_path / "local.jsonl.rejected.jsonl") if summary["rejected"] else []
+    rejected = read_jsonl(tmp_path / "local.jsonl.rejected.jsonl") if summary.stages[0].dropped else []
     assert records and len(records) + len(rejected) == 3
     for record in records:
         assert [m["role"] for m in to_messages(record)] == ["system", "user", "assistant"]

@@ -124,6 +124,20 @@ def test_bad_self_instruct_options_are_one_line(fake_server, tmp_path):
     assert SelfInstruct(num=5).options.num == 5
 
 
+def test_a_teacher_that_ignores_the_format_stops_the_run_with_its_reason_in_one_line(fake_server, tmp_path):
+    """It used to say "some requests failed after retries... run the same command again", which no request
+    did and which would only replay the same chatter from the cache."""
+    fake_server.script = lambda body, number: "I am sorry, but I can only chat."
+    run = tmp_path / "run"
+    done = run_cli("run", "alpaca", "-o", str(run), "--set", "self_instruct.num=5", "--concurrency", "1", *NO_LANG,
+                   env=cli_env(fake_server, COLUMNS="80"))
+    assert done.returncode == 3, done.stderr
+    (line,) = [line for line in done.stderr.splitlines() if "stopped early:" in line]
+    assert "none of the first 10 answers could be parsed" in line and "use a teacher model that follows" in line
+    assert "requests failed" not in done.stderr and "run the same command again" not in done.stderr
+    assert Summary.read(run / "summary.json").meta["unfinished"].startswith("none of the first 10 answers")
+
+
 def test_kill_9_at_random_moments_then_same_command_gives_the_uninterrupted_dataset(tmp_path):
     teacher = SeededTeacher("en")
     args = ["run", "alpaca", "--set", "self_instruct.num=40", "--set", "self_instruct.machine_examples=1",

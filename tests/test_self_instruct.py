@@ -350,6 +350,8 @@ def test_a_model_that_never_follows_the_format_stops_after_10_answers(fake_serve
     done = run_cli("self-instruct", "--lang", "zh", "--seeds", "builtin:zh", "-o", str(out), "--num", "5",
                    "--concurrency", "1", env=cli_env(fake_server))
     assert done.returncode == 3 and "none of the first 10 answers could be parsed" in " ".join(done.stderr.split())
+    assert "use a teacher model that follows the format" in " ".join(done.stderr.split())
+    assert "Re-run the same command" not in done.stderr, "a re-run would replay the same answers from the cache"
     assert read_output(out) == [] and len(fake_server.requests) == 10
     stage = Summary.read(Path(f"{out}.summary.json")).stages[0]
     assert stage.notes["parse_failures"] == stage.notes["responses"] == 10 == stage.dropped["unparseable"]

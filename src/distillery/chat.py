@@ -31,16 +31,14 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from distillery.cache import prepare_state, state_path
 from distillery.chat_options import ChatSettings
-from distillery.cost import RunStats
 from distillery.errors import InputError, UserError
-from distillery.io import file_format, iter_located, read_text, sidecar, write_json, write_records
-from distillery.llm import ChatRequest, ChatResult, EndpointOptions, exit_status
-from distillery.llm_step import Failed, LLMRun, LLMStep, Rejected, Session, answer_records
+from distillery.io import file_format, iter_located, read_text
+from distillery.llm import ChatRequest, ChatResult, EndpointOptions
+from distillery.llm_step import Failed, LLMStep, Rejected, Session
+from distillery.one_step import StepRun, run_one_step
 from distillery.respond import user_turn
 from distillery.step import Record, option
-from distillery.summary import rejection
 
 __all__ = ["Chat", "ChatOptions", "ChatStepOptions", "chat", "load_chat_seeds", "load_topics"]
 
@@ -468,28 +466,18 @@ class ChatOptions(ChatSettings):
 
 
 @dataclass
-class ChatRunResult:
-    written: int
-    rejected: int
-    failed: int
-    pending: int
-    replayed: int
-    ended: dict[str, int]
-    rounds: dict[int, int]
-    stats: RunStats
-    summary_path: Path
-    rejected_path: Path | None
-    failed_path: Path | None
-    stopped: str | None = None
+class ChatRunResult(StepRun):
+    """The chat step's run, with the figures the command prints: rounds per kept conversation, why
+    conversations ended early, and rounds replayed from an earlier run."""
 
-    @property
-    def exit_code(self) -> int:
-        return exit_status(bool(self.failed), bool(self.stopped))
+    replayed: int = 0
+    ended: dict[str, int] = field(default_factory=dict)
+    rounds: dict[int, int] = field(default_factory=dict)
 
 
 def chat(options: ChatOptions, progress: bool = True) -> ChatRunResult:
-    """Make a conversation from every seed; the API behind `distillery chat`, the `chat` step over one seed
-    file whose state is the cache beside OUTPUT."""
+    """Make a conversation from every seed; the API behind `distillery chat`, a one-step pipeline over the
+    `chat` step whose state is the cache beside OUTPUT."""
     settings = {f: getattr(options, f) for f in ChatSettings.__dataclass_fields__}
     step = Chat(ChatStepOptions(**settings))
     file_format(options.output)
@@ -497,62 +485,19 @@ def chat(options: ChatOptions, progress: bool = True) -> ChatRunResult:
     if options.user_model:
         replace(endpoint, model=options.user_model).resolve()  # a model --local-model cannot serve fails now
     seeds = step.parse_seeds(load_chat_seeds(options.seeds))
-    prepare_state(options.output, endpoint.fresh)
-    run = answer_records(step, seeds, state_path(options.output), endpoint, progress=progress)
-    return _write_outputs(options, endpoint, step, seeds, run)
+    ended: Counter = Counter()
+    rounds: Counter = Counter()
 
+    def tally(record: Record) -> None:
+        rounds[record["chat"]["rounds"]] += 1
+        if record["chat"]["ended"]:
+            ended[record["chat"]["ended"]] += 1
 
-def _write_outputs(options: ChatOptions, endpoint: EndpointOptions, step: Chat, seeds: list[Record],
-                   run: LLMRun) -> ChatRunResult:
-    """OUTPUT in seed order, the rejections (bad turns and short conversations), failures and the summary."""
-    records, rejected = [], []
-    for index, seed in enumerate(seeds):
-        if index in run.rejected:
-            rejected.append(rejection("chat", run.rejected[index].reason, seed, run.rejected[index].detail))
-        for outcome in run.outputs.get(index, []):
-            rejected += [rejection("chat", bad["reason"], bad["record"], bad["detail"]) for bad in outcome["rejects"]]
-            if outcome["record"] is not None:
-                records.append(outcome["record"])
-    failed = [{**seeds[index], "error": error} for index, error in sorted(run.failed.items())]
-    write_records(options.output, records)
-    ended = Counter(r["chat"]["ended"] for r in records if r["chat"]["ended"])
-    rounds = Counter(r["chat"]["rounds"] for r in records)
-    result = ChatRunResult(
-        written=len(records), rejected=len(rejected), failed=len(failed), pending=run.pending(len(seeds)),
-        replayed=run.stages_replayed, ended=dict(ended.most_common()), rounds=dict(sorted(rounds.items())),
-        stats=run.stats, summary_path=sidecar(options.output, ".summary.json"),
-        rejected_path=write_sidecar(options.output, ".rejected.jsonl", rejected),
-        failed_path=write_sidecar(options.output, ".failed.jsonl", failed), stopped=run.stopped,
-    )
-    write_json(result.summary_path, {
-        "command": "chat",
-        "input": str(options.seeds),
-        "output": str(options.output),
-        "model": endpoint.model,
-        "user_model": options.user_model or endpoint.model,
-        "turns": options.turns,
-        "lang": options.lang,
-        "seed": endpoint.seed or 0,
-        "seeds": len(seeds),
-        "conversations_written": result.written,
-        "rounds": {str(k): v for k, v in result.rounds.items()},
-        "ended": result.ended,
-        "rejected": dict(Counter(r["reason"] for r in rejected).most_common()),
-        "failed": result.failed,
-        "pending": result.pending,
-        "replayed": result.replayed,
-        "stopped": run.stopped,
-        "seconds": round(run.seconds, 3),
-        "requests": run.stats.as_dict(),
-    })
-    return result
+    def figures() -> dict[str, Any]:
+        return {"rounds": {str(k): v for k, v in sorted(rounds.items())}, "ended": dict(ended.most_common())}
 
-
-def write_sidecar(output: Path, suffix: str, rows: list[dict[str, Any]]) -> Path | None:
-    """OUTPUT's side file of rows (JSONL), or none at all when there are no rows."""
-    path = sidecar(output, suffix)
-    if not rows:
-        path.unlink(missing_ok=True)
-        return None
-    write_records(path, rows, layout="jsonl")
-    return path
+    meta = {"command": "chat", "input": str(options.seeds), "user_model": options.user_model or endpoint.model,
+            "turns": options.turns, "lang": options.lang, "seed": endpoint.seed or 0, "seeds": len(seeds)}
+    run = run_one_step(step, seeds, options.output, meta, endpoint, progress=progress, figures=figures, watch=tally)
+    return ChatRunResult(**vars(run), replayed=step.stats.notes["replayed"], ended=dict(ended.most_common()),
+                         rounds=dict(sorted(rounds.items())))

@@ -179,11 +179,13 @@ def _stop_if_interrupted(result: Any, output: Path, noun: str) -> None:
         raise RunInterrupted(f"{result.written} {noun}(s) written to {output}, summary in {result.summary_path}")
 
 
-def _finish(result: Any, output: Path, noun: str) -> None:
-    """Say what is missing from a run that answered records, then exit with its status (0, 3 or 4)."""
+def _finish(result: Any, output: Path, noun: str, failed: int | None = None) -> None:
+    """Say what is missing from a run that answered records, then exit with its status (0, 3 or 4);
+    `failed`: how many of its failures were requests (all of them unless given)."""
     _stop_if_interrupted(result, output, noun)
-    if result.failed:
-        err_console.print(f"{result.failed} {noun}(s) failed after retries; see {result.failed_path}")
+    failed = result.failed if failed is None else failed
+    if failed:
+        err_console.print(f"{failed} {noun}(s) failed after retries; see {result.failed_path}")
     if result.stopped:
         err_console.print(f"stopped: {result.stopped}; {result.pending} {noun}(s) pending. "
                           "Re-run with a larger --max-cost to finish; answers so far are cached.")
@@ -276,12 +278,13 @@ def score(
         mean = f"mean {sum(values) / len(values):.2f}" if values else "-"
         rows.append((f"scores.{name}", f"{mean}; " + ", ".join(
             f"{value:g}: {count}" for value, count in sorted(Counter(values).items()))))
-    rows += [("unparseable replies", result.unparseable), ("failed requests", result.failed),
+    failed = result.failed - result.unparseable
+    rows += [("unparseable replies", result.unparseable), ("failed requests", failed),
              ("summary", result.summary_path)]
     print_run_summary(f"score → {output}", rows, result.stats)
     if result.unparseable:
         err_console.print(f"{result.unparseable} repl(ies) held no readable score; see {result.failed_path}")
-    _finish(result, output, "record")
+    _finish(result, output, "record", failed)
 
 
 @app.command()
@@ -731,13 +734,14 @@ def select_command(
 ) -> None:
     """Keep the best records by a judge's score: a threshold, top-k or a fraction, optionally diverse."""
     check_paths([input], [output, rejected])
-    from distillery.selection import Select, step_over_file
+    from distillery.one_step import run_over_file
+    from distillery.selection import Select
 
     step = Select(by=by, min_score=min_score, top=top, diverse=diverse, similarity=similarity, threshold=threshold,
                   field=field, embed_model=embed_model)
-    run = step_over_file(step, input, output, rejected, "select")
-    rows: list[tuple[str, object]] = [("records in", run.stats.seen), ("selected", run.stats.kept)]
-    rows += [(f"not selected: {reason}", count) for reason, count in run.stats.dropped.items()]
+    run = run_over_file(step, input, output, {"command": "select"}, rejected=rejected)
+    rows: list[tuple[str, object]] = [("records in", step.stats.seen), ("selected", step.stats.kept)]
+    rows += [(f"not selected: {reason}", count) for reason, count in step.stats.dropped.items()]
     rows += [("rejected", run.rejected_path or "-"), ("summary", run.summary_path)]
     print_run_summary(f"select → {output}", rows)
 
@@ -769,17 +773,17 @@ def decontaminate(
     template = benchmark_template.replace("\\n", "\n") if benchmark_template is not None else None
     check_paths([input, *benchmark], [output, rejected])
     from distillery.decontaminate import Decontaminate
-    from distillery.selection import step_over_file
+    from distillery.one_step import run_over_file
 
     step = Decontaminate(benchmark=benchmark, benchmark_field=benchmark_field, benchmark_template=template,
                          ngram=ngram, char_ngram=char_ngram, near=near, with_answers=with_answers)
-    run = step_over_file(step, input, output, rejected, "decontaminate")
+    run = run_over_file(step, input, output, {"command": "decontaminate"}, rejected=rejected)
     index = step.load()
     rows: list[tuple[str, object]] = [(f"benchmark {name}", f"{count:,} items")
                                       for name, count in index.per_benchmark.items()]
-    rows += [("records in", run.stats.seen), ("kept", run.stats.kept),
-             ("contaminated", run.stats.dropped["contaminated"])]
-    rows += [(f"  {key}", count) for key, count in sorted(run.stats.notes.items())]
+    rows += [("records in", step.stats.seen), ("kept", step.stats.kept),
+             ("contaminated", step.stats.dropped["contaminated"])]
+    rows += [(f"  {key}", count) for key, count in sorted(step.stats.notes.items())]
     rows += [("report (rejected)", run.rejected_path or "-"), ("summary", run.summary_path)]
     print_run_summary(f"decontaminate → {output}", rows)
 
@@ -850,9 +854,11 @@ def self_instruct(
         err_console.print(f"{result.failed} request(s) failed after retries; see {result.failed_path}",
                           highlight=False)
     _stop_if_interrupted(result, output, "task")
-    if result.stopped:
+    if result.stopped and (result.budget or result.failed):
         err_console.print(f"stopped: {result.stopped}. Re-run the same command to continue; "
                           "answers so far are cached.")
+    elif result.stopped:  # the teacher ignores the format: the reason says what to change instead
+        err_console.print(f"stopped: {result.stopped}.", highlight=False, soft_wrap=True)
     raise typer.Exit(result.exit_code)
 
 
@@ -962,7 +968,9 @@ def run_pipeline(
         err_console.print(f"the dataset is empty: every record was dropped ({drops or 'no record was read'}), so "
                           f"nothing was exported or reported; each record's reason is in {run_dir / 'rejected.jsonl'}",
                           highlight=False)
-    if result.incomplete:
+    if result.unfinished:
+        err_console.print(f"stopped early: {result.unfinished}.", highlight=False, soft_wrap=True)
+    if any(stage.dropped.get("request_failed") for stage in result.summary.stages):
         err_console.print("some requests failed after retries (see rejected.jsonl, reason request_failed); "
                           "run the same command again to retry them")
     if result.stopped:

@@ -138,6 +138,7 @@ class RunResult:
     ran: list[str] = field(default_factory=list)
     stopped: str | None = None
     incomplete: bool = False
+    unfinished: str | None = None  # why a step stopped short on its own (self-instruct's format stop)
 
     @property
     def exit_code(self) -> int:
@@ -232,6 +233,7 @@ class LocalExecutor:
                     assert step.context is not None
                     result.incomplete = result.incomplete or step.context.incomplete
                     result.stopped = result.stopped or step.context.stopped
+                    result.unfinished = result.unfinished or step.context.unfinished
                 self._publish(steps, stats, run_dir, result, meta or {})
                 if result.stopped:
                     break
@@ -282,7 +284,7 @@ class LocalExecutor:
         result.summary = Summary(
             [stats[index] for index in done],  # type: ignore[misc]
             {**meta, "run_dir": str(run_dir), "reused": result.reused, "stopped": result.stopped,
-             "incomplete": result.incomplete},
+             "incomplete": result.incomplete, "unfinished": result.unfinished},
         )
         if done:
             last = step_dir(run_dir, done[-1], steps[done[-1]]) / RECORDS

@@ -27,7 +27,6 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from distillery.cost import Budget, RunStats
@@ -83,7 +82,10 @@ class LLMStep(Step):
 
     name = "llm"
     barrier = True  # answers come back in any order; records leave in input order
+    asks_model = True
     recipe_defaults: dict[str, Any] = {}  # noqa: RUF012 - read only; endpoint options neither run nor step set
+    # Drop reasons a command writes to OUTPUT.failed.jsonl and counts as failures (exit 3), not rejections.
+    failure_reasons: tuple[str, ...] = ("request_failed",)
 
     def __init__(self, options: Any = None, /, **values: Any) -> None:
         super().__init__(options, **values)
@@ -153,7 +155,7 @@ class LLMStep(Step):
         self.stats.completion_tokens += stats.completion_tokens
         self.stats.cost_usd += stats.cost_usd
         self.stats.notes["replayed"] += result.replayed + result.stages_replayed
-        _note_batches(self.stats.notes, stats)
+        _note_endpoint(self.stats.notes, stats)
         if result.stopped:
             self.stats.notes["pending"] += result.pending(self.stats.seen)
 
@@ -166,6 +168,7 @@ class LLMSource(Source):
     are endpoint options the recipe wants where neither the run nor the step sets them."""
 
     name = "llm_source"
+    asks_model = True
     recipe_defaults: dict[str, Any] = {}  # noqa: RUF012 - read only
 
     def __init__(self, options: Any = None, /, **values: Any) -> None:
@@ -194,7 +197,7 @@ class LLMSource(Source):
         self.stats.sent, self.stats.cached, self.stats.failed = stats.sent, stats.cached, stats.failed
         self.stats.prompt_tokens, self.stats.completion_tokens = stats.prompt_tokens, stats.completion_tokens
         self.stats.cost_usd = stats.cost_usd
-        _note_batches(self.stats.notes, stats)
+        _note_endpoint(self.stats.notes, stats)
         if stopped:
             self.context.stopped = stopped
             self.complete = False
@@ -202,28 +205,24 @@ class LLMSource(Source):
 
 
 def with_llm(
-    endpoint: EndpointOptions, state: RunState | Path, stats: RunStats,
-    work: Callable[[LLM, RunState], Awaitable[None]],
+    endpoint: EndpointOptions, state: RunState, stats: RunStats, work: Callable[[LLM, RunState], Awaitable[None]],
 ) -> str | None:
-    """The one place a recipe's model work gets its event loop, client and state: `work(llm, state)` runs
-    with a client whose cache lives in the run state (or in a state file a command keeps beside its
-    output); --max-cost and Ctrl-C end it cleanly, and the reason is returned."""
-    owned = isinstance(state, Path)
-    run_state = RunState(state, lock=False) if owned else state
+    """The one place a recipe's model work gets its event loop and client: `work(llm, state)` runs with a
+    client whose cache lives in the run state; --max-cost and Ctrl-C end it cleanly, and the reason is
+    returned."""
 
     async def main() -> None:
-        async with LLM(endpoint, run_state.path, stats) as llm:
-            await work(llm, run_state)
+        async with LLM(endpoint, state.path, stats) as llm:
+            await work(llm, state)
 
-    try:
-        return run_within_budget(main())
-    finally:
-        if owned:
-            run_state.close()
+    return run_within_budget(main())
 
 
-def _note_batches(notes: Counter, stats: RunStats) -> None:
-    """--batch shows in the step's summary row: answers from batches, requests resubmitted, USD saved."""
+def _note_endpoint(notes: Counter, stats: RunStats) -> None:
+    """--batch shows in the step's summary row: answers from batches, requests resubmitted, USD saved; and
+    why requests failed (`failed_http_429`, `failed_batch_request`...)."""
+    for kind, count in stats.failures_by_kind.items():
+        notes[f"failed_{kind}"] += count
     for name in ("batched", "resubmitted"):
         if getattr(stats, name):
             notes[name] += getattr(stats, name)
@@ -256,32 +255,24 @@ def endpoint_values(values: dict[str, Any], where: str) -> dict[str, Any]:
 def answer_records(
     step: LLMStep,
     records: list[Record],
-    state: RunState | Path,
+    state: RunState,
     endpoint: EndpointOptions,
     journal: str = "",
     progress: bool | StepLine = False,
     budget: Budget | None = None,
 ) -> LLMRun:
-    """Answer every record through `step`; `state` is the run state, or a state file path (one command's
-    cache beside its output). With `journal`, outcomes are committed per record and replayed on re-run.
+    """Answer every record through `step` and the run state (a pipeline's, a shard's, or the one a command
+    keeps beside its output). With `journal`, outcomes are committed per record and replayed on re-run.
     `progress`: the step's line in the run's view, or whether to show a view of its own (a command).
     `budget`: a --max-cost shared with other shards of the step (else the client makes its own)."""
     started = time.monotonic()
     result = LLMRun(stats=RunStats(budget=budget))
-    owned = isinstance(state, Path)
-    run_state = RunState(state, lock=False) if owned else state
-    try:
-        if journal:
-            for entry in run_state.replay(journal):
-                _settle(result, entry["i"], entry)
-            result.replayed = len(result.outputs) + len(result.rejected)
-        todo = [i for i in range(len(records)) if i not in result.outputs and i not in result.rejected]
-        result.stopped = run_within_budget(
-            _answer_all(step, records, todo, run_state, endpoint, journal, result, progress)
-        )
-    finally:
-        if owned:
-            run_state.close()
+    if journal:
+        for entry in state.replay(journal):
+            _settle(result, entry["i"], entry)
+        result.replayed = len(result.outputs) + len(result.rejected)
+    todo = [i for i in range(len(records)) if i not in result.outputs and i not in result.rejected]
+    result.stopped = run_within_budget(_answer_all(step, records, todo, state, endpoint, journal, result, progress))
     result.seconds = time.monotonic() - started
     return result
 

@@ -15,21 +15,18 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from distillery.cache import prepare_state, state_path
-from distillery.chat import write_sidecar
 from distillery.chat_options import MagpieSettings
-from distillery.cost import RunStats
 from distillery.errors import UserError
-from distillery.io import file_format, sidecar, write_json, write_records
-from distillery.llm import ChatRequest, EndpointOptions, exit_status
-from distillery.llm_step import Failed, LLMRun, LLMStep, Rejected, Session, answer_records
-from distillery.step import Record
-from distillery.summary import rejection
+from distillery.io import file_format
+from distillery.llm import ChatRequest, EndpointOptions
+from distillery.llm_step import Failed, LLMStep, Rejected, Session
+from distillery.one_step import StepRun, run_one_step
+from distillery.step import Context, Record
 
 __all__ = ["TEMPLATES", "Magpie", "MagpieOptions", "family_of", "magpie", "refuse_chat_only"]
 
@@ -112,9 +109,10 @@ class Magpie(LLMStep):
         self.least, self.most = self.options.check()
         self.template: Template | None = None
 
-    def bind(self, endpoint: EndpointOptions) -> None:
-        """Fix the template family for this endpoint (told from the model name unless given)."""
-        self.template = family_of(endpoint, self.options.template_family)
+    def bind(self, context: Context) -> None:
+        """Fix the template family for the step's endpoint (told from the model name unless given)."""
+        super().bind(context)
+        self.template = family_of(self.resolved_endpoint(), self.options.template_family)
 
     def estimate_requests(self, record: Record) -> list[ChatRequest]:
         template = self.template or TEMPLATES[self.options.template_family or "chatml"]
@@ -176,68 +174,31 @@ class MagpieOptions(MagpieSettings):
 
 
 @dataclass
-class MagpieResult:
-    written: int
-    rejected: int
-    failed: int
-    pending: int
-    family: str
-    stats: RunStats
-    summary_path: Path
-    rejected_path: Path | None
-    failed_path: Path | None
-    stopped: str | None = None
+class MagpieResult(StepRun):
+    """The magpie step's run, with the template family the command names in its table."""
 
-    @property
-    def exit_code(self) -> int:
-        return exit_status(bool(self.failed), bool(self.stopped))
+    family: str = ""
 
 
 def magpie(options: MagpieOptions, progress: bool = True) -> MagpieResult:
-    """Make `num` conversations; the API behind `distillery magpie`, its state the cache beside OUTPUT."""
+    """Make `num` conversations; the API behind `distillery magpie`, a one-step pipeline over the `magpie`
+    step whose state is the cache beside OUTPUT."""
     settings = {name: getattr(options, name) for name in MagpieSettings.__dataclass_fields__}
     step = Magpie(MagpieSettings(**settings))
     file_format(options.output)
-    unset = Magpie.recipe_defaults.items()
-    defaults = {name: value for name, value in unset if getattr(options.endpoint, name) is None}
-    endpoint = replace(options.endpoint, **defaults).resolve()
+    endpoint = options.endpoint.resolve()
     refuse_chat_only(endpoint)
-    step.bind(endpoint)
-    prepare_state(options.output, endpoint.fresh)
+    template = family_of(endpoint, options.template_family)  # an unknown family fails before any state
+    ended: Counter = Counter()
+
+    def tally(record: Record) -> None:
+        if record["magpie"]["ended"]:
+            ended[record["magpie"]["ended"]] += 1
+
+    meta = {"command": "magpie", "template_family": template.name,
+            "pre_query_template": template.render(options.system, []), "num": options.num, "turns": options.turns,
+            "seed": endpoint.seed or 0}
     numbers = [{"magpie": index} for index in range(options.num)]
-    run = answer_records(step, numbers, state_path(options.output), endpoint, progress=progress)
-    return _write_outputs(options, endpoint, step, numbers, run)
-
-
-def _write_outputs(options: MagpieOptions, endpoint: EndpointOptions, step: Magpie, numbers: list[Record],
-                   run: LLMRun) -> MagpieResult:
-    assert step.template is not None
-    records = [out for index in sorted(run.outputs) for out in run.outputs[index]]
-    rejected = [rejection("magpie", run.rejected[index].reason, numbers[index], run.rejected[index].detail)
-                for index in sorted(run.rejected)]
-    failed = [{**numbers[index], "error": error} for index, error in sorted(run.failed.items())]
-    write_records(options.output, records)
-    result = MagpieResult(
-        written=len(records), rejected=len(rejected), failed=len(failed), pending=run.pending(len(numbers)),
-        family=step.template.name, stats=run.stats, summary_path=sidecar(options.output, ".summary.json"),
-        rejected_path=write_sidecar(options.output, ".rejected.jsonl", rejected),
-        failed_path=write_sidecar(options.output, ".failed.jsonl", failed), stopped=run.stopped)
-    write_json(result.summary_path, {
-        "command": "magpie",
-        "output": str(options.output),
-        "model": endpoint.model,
-        "template_family": step.template.name,
-        "pre_query_template": step.template.render(options.system, []),
-        "num": options.num,
-        "turns": options.turns,
-        "seed": endpoint.seed or 0,
-        "conversations_written": result.written,
-        "ended": dict(Counter(r["magpie"]["ended"] for r in records if r["magpie"]["ended"]).most_common()),
-        "rejected": dict(Counter(r["reason"] for r in rejected).most_common()),
-        "failed": result.failed,
-        "pending": result.pending,
-        "stopped": run.stopped,
-        "seconds": round(run.seconds, 3),
-        "requests": run.stats.as_dict(),
-    })
-    return result
+    run = run_one_step(step, numbers, options.output, meta, endpoint, progress=progress,
+                       figures=lambda: {"ended": dict(ended.most_common())}, watch=tally)
+    return MagpieResult(**vars(run), family=template.name)

@@ -1,10 +1,12 @@
 """A single command is a one-step pipeline: its recipe's step run over one input into OUTPUT.
 
-`distillery respond`, `evol` and `self-instruct` run their step here instead of a lifecycle of their own:
+`distillery respond`, `evol`, `self-instruct`, `chat`, `magpie`, `score`, `select` and `decontaminate` run
+their step here instead of a lifecycle of their own:
 the state file beside OUTPUT (`cache.state_path`, so the same command resumes after a kill -9), the step
 bound to it, OUTPUT written atomically, dropped records in the one rejection schema (`summary.rejection`)
-in OUTPUT.rejected.jsonl (or `--rejected`), records whose requests failed in OUTPUT.failed.jsonl, and the
-one summary schema in OUTPUT.summary.json. Commands whose recipe streams a file (`clean`, `dedup`,
+in OUTPUT.rejected.jsonl (or `--rejected`), records whose requests failed (or that the step counts as
+failed, `LLMStep.failure_reasons`) in OUTPUT.failed.jsonl in the same schema, and the one summary schema
+in OUTPUT.summary.json. Commands whose recipe streams a file (`clean`, `dedup`,
 `convert`, `export`) write their rejections in the same schema and their summary through
 `summary.write_summary`.
 """
@@ -13,21 +15,23 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from distillery.cache import prepare_state, state_path
 from distillery.convert import RejectFile
-from distillery.cost import RunStats
-from distillery.io import file_format, sidecar, write_records
-from distillery.llm import EndpointOptions, exit_status
-from distillery.llm_step import LLMSource, LLMStep
+from distillery.endpoint import EndpointOptions
+from distillery.errors import InputError
+from distillery.io import file_format, iter_located, sidecar, write_records
 from distillery.state import RunState
 from distillery.step import Context, Record, Step
 from distillery.summary import rejection, write_summary
+
+if TYPE_CHECKING:  # the model client (openai, aiohttp) is imported only by steps that ask a model
+    from distillery.cost import RunStats
 
 REQUEST_FAILED = "request_failed"
 
@@ -58,6 +62,8 @@ class StepRun:
 
     @property
     def exit_code(self) -> int:
+        from distillery.llm import exit_status
+
         return exit_status(self.incomplete, self.budget)
 
 
@@ -70,13 +76,16 @@ def run_one_step(
     rejected: Path | None = None,
     progress: bool = True,
     figures: Callable[[], dict[str, Any]] | None = None,
+    watch: Callable[[Record], None] | None = None,
 ) -> StepRun:
     """Run `step` over `records` into OUTPUT, with OUTPUT's state file when the step asks a model; then
-    its rejections, failures and summary beside OUTPUT (`figures()`: the recipe's own, once the step ran).
-    A bad record or option raises before OUTPUT exists."""
+    its rejections, failures and summary beside OUTPUT (`figures()`: the recipe's own, once the step ran;
+    `watch(record)`: sees each record written, for a command's own tallies). A bad record or option raises
+    before OUTPUT exists."""
     output = Path(output)
     file_format(output)
-    asks_model = isinstance(step, LLMStep | LLMSource)
+    asks_model = step.asks_model
+    failing = set(getattr(step, "failure_reasons", (REQUEST_FAILED,)))
     started = time.perf_counter()
     failures: list[Record] = []
     with ExitStack() as stack:
@@ -92,13 +101,14 @@ def run_one_step(
 
         def sink(record: Record, stage: str, reason: str, detail: Any = None) -> None:
             entry = rejection(stage, reason, record, detail)
-            if reason == REQUEST_FAILED:
+            if reason in failing:
                 failures.append(entry)
             else:
                 rejects.write(entry)
 
         step.reject = sink
-        write_records(output, step(records))
+        written = step(records)
+        write_records(output, written if watch is None else _watched(written, watch))
     step.stats.seconds = time.perf_counter() - started
     llm = getattr(step, "llm_stats", None) if asks_model else None
     if llm is not None:
@@ -110,11 +120,41 @@ def run_one_step(
     else:
         failed_path.unlink(missing_ok=True)
     stopped = context.stopped or context.unfinished
+    # A request failure leaves the run incomplete where the step says so (self-instruct may still reach --num);
+    # a failure of the step's own kind (an unreadable score) always does.
+    incomplete = context.incomplete or any(entry["reason"] != REQUEST_FAILED for entry in failures)
     model = endpoint.model if endpoint is not None else None
     path = write_summary(output, [step.stats], {
         **meta, "output": str(output), **({"model": model} if asks_model else {}), "stopped": stopped,
-        "incomplete": context.incomplete, **(figures() if figures is not None else {}),
+        "incomplete": incomplete, **(figures() if figures is not None else {}),
     })
     return StepRun(step, output, path, rejects.path if rejects.count else None, failed_path if failures else None,
-                   len(failures), stopped, context.incomplete, llm, context.stopped is not None,
+                   len(failures), stopped, incomplete, llm, context.stopped is not None,
                    step.stats.notes.get("pending", 0))
+
+
+def _watched(records: Iterable[Record], watch: Callable[[Record], None]) -> Iterator[Record]:
+    for record in records:
+        watch(record)
+        yield record
+
+
+def run_over_file(step: Step, input_path: str | Path, output: str | Path, meta: dict[str, Any],
+                  **options: Any) -> StepRun:
+    """`run_one_step` over one input file whose records the step checks first (`step.check(record, where)`):
+    `score`, `select` and `decontaminate`. `options` are `run_one_step`'s."""
+    file_format(Path(output))
+    records = read_checked(input_path, step.check)  # type: ignore[attr-defined]
+    return run_one_step(step, records, output, {**meta, "input": str(input_path)}, **options)
+
+
+def read_checked(path: str | Path, check: Callable[[Record, str], None]) -> list[Record]:
+    """Every record of a command's input file, each passed to `check(record, where)` so a mistake names its
+    file and line before anything is sent or written; a file with no records is an input error too."""
+    records = []
+    for where, record in iter_located(path):
+        check(record, where)
+        records.append(record)
+    if not records:
+        raise InputError(path, "holds no records")
+    return records

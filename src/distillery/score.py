@@ -25,12 +25,14 @@ from typing import Any
 from distillery.errors import InputError, UserError
 from distillery.formats import ALPACA, detect_format, to_messages
 from distillery.io import read_text
-from distillery.llm import ChatRequest, ChatResult
+from distillery.llm import ChatRequest, ChatResult, EndpointOptions
 from distillery.llm_step import LLMStep, Rejected
+from distillery.one_step import StepRun, run_over_file
 from distillery.step import Record, option
 
 CRITERIA = ("alpagasus", "complexity", "quality")
 PAIRWISE = "pairwise"
+UNPARSEABLE = ("unparseable_score", "unparseable_verdict")
 BUNDLED_SCALE = (1.0, 5.0)
 LANGS = ("auto", "en", "zh")
 # Criteria whose prompt shows no answer: a record without one can still be rated.
@@ -232,6 +234,7 @@ class Score(LLMStep):
     name = "score"
     Options = ScoreStepOptions
     recipe_defaults = {"temperature": 0.0, "max_tokens": 512}  # noqa: RUF012 - read only
+    failure_reasons = ("request_failed", *UNPARSEABLE)  # a command never passes a reply without a score
 
     def __init__(self, options: Any = None, /, **values: Any) -> None:
         super().__init__(options, **values)
@@ -349,66 +352,29 @@ def _vote(verdict: str | None, a_is: str) -> int:
 
 
 @dataclass
-class ScoreResult:
-    written: int
-    unparseable: int
-    failed: int
-    pending: int
-    stats: Any
-    summary_path: Path
-    failed_path: Path | None
+class ScoreResult(StepRun):
+    """The judge's run, with every written record's scores by criterion, for the command's table."""
+
     scores: dict[str, list[float]] = field(default_factory=dict)
-    stopped: str | None = None
 
     @property
-    def exit_code(self) -> int:
-        from distillery.llm import exit_status
-
-        return exit_status(bool(self.failed or self.unparseable), bool(self.stopped))
+    def unparseable(self) -> int:
+        return sum(self.step.stats.dropped[reason] for reason in UNPARSEABLE)
 
 
-def score_file(input_path: Path, output: Path, step: Score, endpoint: Any, progress: bool = True) -> ScoreResult:
-    """Rate every record of INPUT into OUTPUT; records whose request failed or whose reply held no score go
-    to OUTPUT.failed.jsonl with why. The judge's answers are cached beside OUTPUT, so a re-run is free."""
-    from distillery.cache import prepare_state, state_path
-    from distillery.io import file_format, iter_located, sidecar, write_json, write_records
-    from distillery.llm_step import answer_records
-
-    file_format(output)
-    endpoint = _with_defaults(endpoint, step.recipe_defaults).resolve()
-    records = []
-    for where, record in iter_located(input_path):
-        step.check(record, where)
-        records.append(record)
-    if not records:
-        raise InputError(input_path, "holds no records")
-    prepare_state(output, endpoint.fresh)
-    run = answer_records(step, records, state_path(output), endpoint, progress=progress)
-    written = [out for index in sorted(run.outputs) for out in run.outputs[index]]
-    errors = {**run.failed, **{i: f"{rejected.reason}: {rejected.detail['reply']!r}"
-                               for i, rejected in run.rejected.items()}}
-    failed = [{**records[i], "error": errors[i]} for i in sorted(errors)]  # input order, whatever came back first
-    failed_path = sidecar(output, ".failed.jsonl")
-    write_records(output, written)
-    if failed:
-        write_records(failed_path, failed, layout="jsonl")
-    else:
-        failed_path.unlink(missing_ok=True)
+def score_file(input_path: Path, output: Path, step: Score, endpoint: EndpointOptions | None,
+               progress: bool = True) -> ScoreResult:
+    """Rate every record of INPUT into OUTPUT, a one-step pipeline over the `score` step; records whose request
+    failed or whose reply held no score go to OUTPUT.failed.jsonl with why. The judge's answers are cached
+    beside OUTPUT, so a re-run is free."""
+    endpoint = (endpoint or EndpointOptions()).resolve()
     names = [PAIRWISE] if step.options.pairwise else [c.name for c in step.criteria]
-    scores = {name: [r["scores"][name] for r in written] for name in names}
-    summary_path = sidecar(output, ".summary.json")
-    write_json(summary_path, {
-        "command": "score", "input": str(input_path), "output": str(output), "model": endpoint.model,
-        "criteria": names, "records_in": len(records), "records_written": len(written),
-        "unparseable": len(run.rejected), "failed": len(run.failed), "pending": run.pending(len(records)),
-        "stopped": run.stopped, "seconds": round(run.seconds, 3), "requests": run.stats.as_dict(),
-    })
-    return ScoreResult(len(written), len(run.rejected), len(run.failed), run.pending(len(records)), run.stats,
-                       summary_path, failed_path if failed else None, scores, run.stopped)
+    scores: dict[str, list[float]] = {name: [] for name in names}
 
+    def tally(record: Record) -> None:
+        for name in names:
+            scores[name].append(record["scores"][name])
 
-def _with_defaults(endpoint: Any, defaults: dict[str, Any]) -> Any:
-    import dataclasses
-
-    unset = {name: value for name, value in defaults.items() if getattr(endpoint, name) is None}
-    return dataclasses.replace(endpoint, **unset)
+    run = run_over_file(step, input_path, output, {"command": "score", "criteria": names}, endpoint=endpoint,
+                        progress=progress, watch=tally)
+    return ScoreResult(**vars(run), scores=scores)

@@ -72,6 +72,8 @@ _STALL_LIMIT = 100  # answers in a row without one accepted record: the run cann
 _MIN_FAILURE_LIMIT = 10
 _FORMAT_PROBE = 10  # from this many answers on, a model whose answers mostly parse to nothing ignores the format
 _FORMAT_SHARE = 5  # ... "mostly": fewer than one answer in this many gave a task (SmolLM2-135M: 1 in 11)
+# What a format or stall stop says to do: the cache would give a re-run the same answers.
+_NOT_BY_RERUNNING = "re-running alone gets the same answers from the cache: use a teacher model that follows the format"
 _TOP_SIMILAR = 10
 _TEMPLATES = resources.files("distillery") / "data" / "templates"
 _SEEDS = resources.files("distillery") / "data" / "seeds"
@@ -770,11 +772,13 @@ class _Run:
             parsed = f"only {self.parsed_answers}" if self.parsed_answers else "none"
             self.stopped = (f"{parsed} of the first {self.answers} answers could be parsed: the model does not follow "
                             f"the numbered {self.options.labels.instruction} / {self.options.labels.input} / "
-                            f"{self.options.labels.output} format (see the rejected file for what it wrote)")
+                            f"{self.options.labels.output} format (see the rejected file for what it wrote); "
+                            f"{_NOT_BY_RERUNNING}, or a prompt template it follows")
             return
         if self.dry_in_a_row >= _STALL_LIMIT and not self.finished:
             self.stopped = (f"{_STALL_LIMIT} answers in a row gave no new record; the model may not follow the "
-                            f"format, or the filters and --rouge-threshold leave nothing new (see the rejected file)")
+                            f"format, or the filters and --rouge-threshold leave nothing new (see the rejected file); "
+                            f"{_NOT_BY_RERUNNING}, or looser filters")
 
     def process(self, number: int, result: ChatResult) -> int:
         """Parse, filter and journal one answer in a single transaction; returns how many were accepted."""

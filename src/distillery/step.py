@@ -76,6 +76,7 @@ class Step:
     Options: ClassVar[type] = NoOptions
     barrier: ClassVar[bool] = False  # needs every upstream record before it yields anything
     cpu_bound: ClassVar[bool] = False  # may run in worker processes over chunks of records
+    asks_model: ClassVar[bool] = False  # sends requests through the run state's cache (LLM steps and sources)
 
     def __init__(self, options: Any = None, /, **values: Any) -> None:
         if options is not None and values:

@@ -28,6 +28,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.anchors)
         if "ray_cluster" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.ray)
+            item.add_marker(pytest.mark.xdist_group("ray"))  # one cluster, in one worker
         if not present and item.get_closest_marker("anchors"):
             item.add_marker(pytest.mark.skip(reason=ANCHORS_ABSENT))
 

@@ -137,6 +137,11 @@ class LLMStep(Step):
         result = answer_records(
             self, items, self.context.state, self.resolved_endpoint(), self.context.stream, self.context.progress
         )
+        return self.settle(result)
+
+    def settle(self, result: LLMRun) -> LLMRun:
+        """Take a finished answering run's statistics and outcome, however it ran (here or in Ray shards):
+        a stop or a failed request leaves the step unfinished, so a re-run retries just those."""
         self.record_stats(result)
         self.llm_stats = result.stats
         if result.stopped:

@@ -291,13 +291,7 @@ class RayExecutor(LocalExecutor):
                 for shard in range(count)]
         refs = [self._answer.remote(step, items[job.offset:bounds[job.shard + 1]], job) for job in jobs]
         result = merge_runs(list(zip(bounds, self._gather(refs), strict=False)))
-        step.record_stats(result)
-        if result.stopped:
-            step.context.stopped = result.stopped
-        if result.failed or result.stopped:
-            step.complete = False
-            step.context.incomplete = step.context.incomplete or bool(result.failed)
-        return result
+        return step.settle(result)
 
     def _gather(self, refs: list[Any]) -> list[Any]:
         """The tasks' results; a shard's user error (an unreachable endpoint, a rejected key) is raised as

@@ -33,7 +33,7 @@ from typing import Any
 
 from distillery.chat_options import ChatSettings
 from distillery.errors import InputError, UserError
-from distillery.io import file_format, iter_located, read_text
+from distillery.io import file_format, iter_located, read_checked, read_text
 from distillery.llm import ChatRequest, ChatResult, EndpointOptions
 from distillery.llm_step import Failed, LLMStep, Rejected, Session
 from distillery.one_step import StepRun, run_one_step
@@ -149,13 +149,7 @@ def load_chat_seeds(spec: str | Path) -> list[Record]:
     text = str(spec)
     if text.startswith("builtin:"):
         return load_topics(text.removeprefix("builtin:"))
-    records = []
-    for where, record in iter_located(spec):
-        parse_seed(record, where)
-        records.append(record)
-    if not records:
-        raise InputError(spec, "holds no records")
-    return records
+    return read_checked(spec, parse_seed)
 
 
 def cleaned_user_turn(text: str) -> str:

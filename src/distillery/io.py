@@ -13,7 +13,7 @@ import os
 import re
 import stat
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -623,3 +623,15 @@ def sidecar(path: str | os.PathLike[str], suffix: str) -> Path:
     """A file that belongs to OUTPUT, named by appending to its full name (out.json.failed.jsonl)."""
     path = Path(path)
     return path.with_name(path.name + suffix)
+
+
+def read_checked(path: str | Path, check: Callable[[dict[str, Any], str], None]) -> list[dict[str, Any]]:
+    """Every record of a command's input file, each passed to `check(record, where)` so a mistake names its
+    file and line before anything is sent or written; a file with no records is an input error too."""
+    records = []
+    for where, record in iter_located(path):
+        check(record, where)
+        records.append(record)
+    if not records:
+        raise InputError(path, "holds no records")
+    return records

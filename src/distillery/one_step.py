@@ -24,8 +24,7 @@ from typing import TYPE_CHECKING, Any
 from distillery.cache import prepare_state, state_path
 from distillery.convert import RejectFile
 from distillery.endpoint import EndpointOptions
-from distillery.errors import InputError
-from distillery.io import file_format, iter_located, sidecar, write_records
+from distillery.io import file_format, read_checked, sidecar, write_records
 from distillery.state import RunState
 from distillery.step import Context, Record, Step
 from distillery.summary import rejection, write_summary
@@ -146,15 +145,3 @@ def run_over_file(step: Step, input_path: str | Path, output: str | Path, meta: 
     file_format(Path(output))
     records = read_checked(input_path, step.check)  # type: ignore[attr-defined]
     return run_one_step(step, records, output, {**meta, "input": str(input_path)}, **options)
-
-
-def read_checked(path: str | Path, check: Callable[[Record, str], None]) -> list[Record]:
-    """Every record of a command's input file, each passed to `check(record, where)` so a mistake names its
-    file and line before anything is sent or written; a file with no records is an input error too."""
-    records = []
-    for where, record in iter_located(path):
-        check(record, where)
-        records.append(record)
-    if not records:
-        raise InputError(path, "holds no records")
-    return records

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from distillery.errors import InputError
-from distillery.io import file_format, iter_located
+from distillery.io import file_format, read_checked
 from distillery.llm import ChatRequest, ChatResult, EndpointOptions
 from distillery.llm_step import LLMStep, Rejected
 from distillery.step import Record, option
@@ -40,13 +40,7 @@ def check_alpaca(record: dict[str, Any], where: str) -> None:
 
 
 def load_alpaca(path: Path) -> list[dict[str, Any]]:
-    records = []
-    for where, record in iter_located(path):
-        check_alpaca(record, where)
-        records.append(record)
-    if not records:
-        raise InputError(path, "holds no records")
-    return records
+    return read_checked(path, check_alpaca)
 
 
 def user_turn(record: dict[str, Any]) -> str:
